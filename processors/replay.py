@@ -115,7 +115,7 @@ _SETTLE_ITERATIONS = 1000
 PlannedStep: TypeAlias = StepRequest
 
 
-class StepInterrupt(BaseException):  # noqa: N818 - control-flow signal, named by the style guide
+class StepInterrupt(BaseException):
     """Ends a replay pass at an unmemoized step. User code must not catch it (it is not an ``Exception``).
 
     Attributes:
@@ -158,6 +158,9 @@ class Memo:
     error_message: str | None = None
 
     def __post_init__(self) -> None:
+        # Plain strings ("run", "completed") are accepted and normalized to the enums.
+        object.__setattr__(self, "kind", StepKind(self.kind))
+        object.__setattr__(self, "status", MemoStatus(self.status))
         if self.status is MemoStatus.COMPLETED and self.output_json is None:
             raise ValueError("a completed memo needs output_json")
         if self.status is MemoStatus.FAILED and (self.error_type is None or self.error_message is None):
@@ -285,11 +288,12 @@ class _ReplayRuntime(_Runtime):
         self._now_ms = now_ms
         self._ids = StepIdAllocator(max_steps)
         self.planned: list[PlannedStep] = []
-        self.pending: list[asyncio.Future[str]] = []
+        self.pending: list[tuple[str, asyncio.Future[str]]] = []
         self.fatal: UsageError | None = None
         self.ended = False
         self.loop: _ReplayLoop | None = None
         self.progress: asyncio.Future[None] | None = None
+        self.idle_timed_out = False
 
     @property
     def now_ms(self) -> int:
@@ -322,24 +326,28 @@ class _ReplayRuntime(_Runtime):
 
     def _fail(self, err: UsageError) -> None:
         self.fatal = err
-        self._notify()
+        self.notify()
 
-    def _notify(self) -> None:
+    def notify(self) -> None:
         if self.progress is not None and not self.progress.done():
             self.progress.set_result(None)
+
+    def on_main_done(self, _: asyncio.Task[Any]) -> None:
+        self.notify()
 
     async def step(self, request: StepRequest) -> str:
         step_id, output = self._resolve(request)
         if output is not None:
             return output
-        assert self.loop is not None
+        if self.loop is None:
+            raise UsageError(
+                f"step {step_id!r}: the async Step works only in an async def function; a plain def "
+                "function gets a SyncStep"
+            )
         future: asyncio.Future[str] = self.loop.create_future()
-        self.pending.append(future)
-        self._notify()
-        try:
-            return await future
-        except StepInterrupt:
-            raise StepInterrupt(step_id) from None
+        self.pending.append((step_id, future))
+        self.notify()
+        return await future
 
     def step_sync(self, request: StepRequest) -> str:
         step_id, output = self._resolve(request)
@@ -351,9 +359,9 @@ class _ReplayRuntime(_Runtime):
     def end_pass(self) -> None:
         """Fails every pending step with the interrupt; later step calls are interrupted at once."""
         self.ended = True
-        for future in self.pending:
+        for step_id, future in self.pending:
             if not future.done():
-                future.set_exception(StepInterrupt("<pending>"))
+                future.set_exception(StepInterrupt(step_id))
 
 
 def replay(
@@ -442,7 +450,7 @@ def _drive_async(
     try:
         # Step 1
         main = loop.create_task(_invoke(function, event), context=context_with_runtime(runtime))
-        idle_timed_out = _run_until_quiescent(loop, main, runtime, idle_timeout_s)
+        _run_until_quiescent(loop, main, runtime, idle_timeout_s)
         finished = main.done()
         # Step 4
         runtime.end_pass()
@@ -454,7 +462,7 @@ def _drive_async(
             return _task_result(main, runtime.now_ms, what, max_output_bytes)
         if runtime.planned:
             return Planned(tuple(runtime.planned))
-        if idle_timed_out:
+        if runtime.idle_timed_out:
             return Failed(
                 "TimeoutError",
                 f"function {function.id!r} awaited something other than a step for more than "
@@ -468,35 +476,35 @@ def _drive_async(
 
 def _run_until_quiescent(
     loop: _ReplayLoop, main: asyncio.Task[Any], runtime: _ReplayRuntime, idle_timeout_s: float
-) -> bool:
-    """Runs the loop until the function is done or quiescent; returns whether it idled too long."""
+) -> None:
+    """Runs the loop until the function is done, fails a rule, is quiescent, or idles too long."""
     while True:
         loop.run_once()
         if main.done() or runtime.fatal is not None:
-            return False
+            return
         if loop.has_ready():
             continue
         if runtime.pending:
-            return False
+            return
         # Nothing ready and no step pending: the body awaits a timer, I/O or a thread. Block until the
         # function finishes or reaches a step, for at most idle_timeout_s.
         progress: asyncio.Future[None] = loop.create_future()
         runtime.progress = progress
-        timer = loop.call_later(idle_timeout_s, progress.cancel)
 
-        def on_done(_: asyncio.Task[Any], progress: asyncio.Future[None] = progress) -> None:
-            if not progress.done():
-                progress.set_result(None)
+        def on_idle_timeout() -> None:
+            runtime.idle_timed_out = True
+            runtime.notify()
 
-        main.add_done_callback(on_done)
+        timer = loop.call_later(idle_timeout_s, on_idle_timeout)
+        main.add_done_callback(runtime.on_main_done)
         try:
-            loop.run_until_complete(asyncio.wait([progress]))
+            loop.run_until_complete(progress)
         finally:
             timer.cancel()
-            main.remove_done_callback(on_done)
+            main.remove_done_callback(runtime.on_main_done)
             runtime.progress = None
-        if progress.cancelled():
-            return True
+        if runtime.idle_timed_out:
+            return
 
 
 def _settle(loop: _ReplayLoop, runtime: _ReplayRuntime) -> None:
@@ -513,7 +521,7 @@ def _settle(loop: _ReplayLoop, runtime: _ReplayRuntime) -> None:
             loop.run_once()
         if all(task.done() for task in loop.tasks):
             break
-    for future in [*loop.tasks, *runtime.pending]:
+    for future in [*loop.tasks, *(future for _, future in runtime.pending)]:
         if future.done() and not future.cancelled():
             future.exception()  # Marks it retrieved: no "exception was never retrieved" log.
 
@@ -564,7 +572,9 @@ def _is_retriable(error: Exception) -> bool:
 
 def _retry_at(error: RetryAfterError, now_ms: int) -> int | None:
     try:
-        return resolve_deadline(error.retry_after, now_ms, what="RetryAfterError.retry_after", allow_zero=True)
+        return resolve_deadline(
+            error.retry_after, now_ms, what="RetryAfterError.retry_after", allow_zero=True
+        )
     except DurationError:
         return None
 
@@ -651,7 +661,9 @@ def execute_step(
     except (Exception, asyncio.CancelledError) as exc:
         return _step_failed(step.step_id, exc, time.time_ns() // 1_000_000 if now_ms is None else now_ms)
     try:
-        return StepSucceeded(step.step_id, encode_step_output(step.step_id, value, max_bytes=max_output_bytes))
+        return StepSucceeded(
+            step.step_id, encode_step_output(step.step_id, value, max_bytes=max_output_bytes)
+        )
     except UsageError as err:
         return StepFailed(step.step_id, type(err).__name__, str(err), retriable=False)
 
@@ -667,7 +679,7 @@ def _step_failed(step_id: str, exc: BaseException, now_ms: int) -> StepFailed:
         step_id,
         type(exc).__name__,
         str(exc),
-        retriable=isinstance(exc, Exception) and not isinstance(exc, NonRetriableError | UsageError),
+        retriable=not isinstance(exc, NonRetriableError | UsageError),
         retry_at_ms=retry_at_ms,
         stack=stack,
     )

@@ -641,21 +641,46 @@ def _port_free(port: int) -> bool:
 
 
 def _alive(pid: int) -> bool:
-    with contextlib.suppress(ChildProcessError):
-        # Reap the broker if it is our own child that exited, so it does not linger as a zombie.
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return False
+    if _reap(pid):
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    stat = _read_text(Path(f"/proc/{pid}/stat"))
-    if stat is not None:
-        # Field 3 is the state; a zombie whose parent (an init that does not reap) keeps it is gone.
-        return stat.rpartition(")")[2].split()[:1] != ["Z"]
+    if _zombie(pid):
+        # Gone: reap it if it is ours (it may have exited after the first waitpid), else its parent,
+        # possibly an init that never reaps, holds it.
+        _reap(pid)
+        return False
     return True
+
+
+def _zombie(pid: int) -> bool:
+    """Whether every thread of ``pid`` has exited (Linux; ``False`` where unknown).
+
+    The main thread alone being a zombie is not enough: the JVM's launcher thread exits early and
+    the broker keeps shutting down in its other threads.
+    """
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return False
+    for task in tasks:
+        stat = _read_text(Path(f"/proc/{pid}/task/{task}/stat"))
+        # Field 3 (after the parenthesised command name) is the state.
+        if stat is not None and stat.rpartition(")")[2].split()[:1] != ["Z"]:
+            return False
+    return True
+
+
+def _reap(pid: int) -> bool:
+    """Collects the exit status if ``pid`` is our own exited child, so it is not left a zombie."""
+    try:
+        return os.waitpid(pid, os.WNOHANG)[0] == pid
+    except ChildProcessError:
+        return False
 
 
 def _is_broker(pid: int, data: Path) -> bool:

@@ -8,6 +8,7 @@ else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
@@ -105,3 +106,75 @@ def topics_describe(ctx: click.Context) -> None:
 
 
 main.add_command(kafka_group)
+
+
+def _load_app(spec: str) -> Any:
+    """Imports ``module:attribute`` (``module`` alone means its ``app``)."""
+    import importlib
+
+    module_name, _, attribute = spec.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise click.BadParameter(f"cannot import {module_name!r}: {exc}", param_hint="APP") from None
+    app = getattr(module, attribute or "app", None)
+    if not isinstance(app, App):
+        raise click.BadParameter(
+            f"{spec!r} is not an App (write module:attribute, e.g. shop.functions:app)", param_hint="APP"
+        )
+    return app
+
+
+@main.command()
+@click.argument("app_spec", metavar="APP")
+@click.option(
+    "--processors",
+    "roles",
+    default="router,matcher,executor,timers",
+    show_default=True,
+    help="Comma-separated roles to run in this worker.",
+)
+@click.option("--state-dir", type=click.Path(file_okay=False), default=None, help="RocksDB state directory.")
+@click.option(
+    "--mode",
+    type=click.Choice(["threads", "processes"]),
+    default="threads",
+    show_default=True,
+    help="Run roles on threads of one process, or one child process each.",
+)
+@click.option("--max-concurrent-steps", type=int, default=16, show_default=True)
+@click.option("--log-level", default="INFO", show_default=True)
+def worker(
+    app_spec: str, roles: str, state_dir: str | None, mode: str, max_concurrent_steps: int, log_level: str
+) -> None:
+    """Run the processors of APP (module:attribute) until SIGTERM."""
+    import logging
+
+    from processors.engine import Engine, EngineSettings
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = _load_app(app_spec)
+    settings = EngineSettings(
+        roles=tuple(role.strip() for role in roles.split(",") if role.strip()),
+        max_concurrent_steps=max_concurrent_steps,
+    )
+    sys.exit(Engine(app, settings).run(state_dir=state_dir, mode=mode))  # type: ignore[arg-type]
+
+
+@main.group()
+def runs() -> None:
+    """Inspect and control runs."""
+
+
+@runs.command("cancel")
+@click.argument("run_id")
+@click.option("--reason", default="cancelled from the command line", show_default=True)
+@click.pass_context
+def runs_cancel(ctx: click.Context, run_id: str, reason: str) -> None:
+    """Cancel run RUN_ID."""
+    config = _config(ctx.find_root())
+    with App(config.namespace, config) as app:
+        app.cancel(run_id, reason)
+    click.echo(f"cancel requested for {run_id}")

@@ -103,6 +103,23 @@ class EventClient:
             raise DeliveryError(f"sending to {self._topic} failed: " + "; ".join(failures[:5]))
         return [event.id for event in batch]
 
+    def produce(self, topic: str, key: bytes, value: bytes) -> None:
+        """Produces one raw record to a topic of the app and waits for its acknowledgement.
+
+        Raises:
+            DeliveryError: The broker did not acknowledge it.
+        """
+        producer = self._get_producer()
+        failures: list[str] = []
+
+        def on_delivery(err: ConfluentKafkaError | None, _msg: Message) -> None:
+            if err is not None:
+                failures.append(err.str())
+
+        producer.produce(self._config.topic(topic), value, key, on_delivery=on_delivery)
+        if producer.flush(_FLUSH_TIMEOUT_S) or failures:
+            raise DeliveryError(f"producing to {self._config.topic(topic)} failed: {failures or 'timed out'}")
+
     async def send_async(self, events: Event | Iterable[Event], *, key: str | None = None) -> list[str]:
         """Like :meth:`send`, without blocking the event loop."""
         return await asyncio.to_thread(self.send, events, key=key)

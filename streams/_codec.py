@@ -37,7 +37,7 @@ from streams._config import StreamsConfig
 from streams._event import Event
 from streams._json import compact_json
 from streams._schemas import SchemaSet, load_schemas, parse_writer_schema
-from streams.errors import EventValidationError, SerializationError
+from streams.errors import EventValidationError, SerializationError, UsageError
 
 #: First byte of the Confluent wire format.
 AVRO_MAGIC = 0
@@ -90,7 +90,6 @@ class SchemaRegistryClient:
         self._timeout = timeout
         self._by_id: dict[int, str] = {}
         self._registered: dict[tuple[str, str], int] = {}
-        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"SchemaRegistryClient({self.url!r})"
@@ -186,6 +185,10 @@ class EventCodec:
             ``registry``.
         auto_register: Register the event schema on first Avro encode (like Confluent serializers). When
             false the schema must already be registered under ``subject``.
+        schemas: The schema set; default the package's own.
+
+    Raises:
+        UsageError: ``registry`` is given without ``subject``.
     """
 
     def __init__(
@@ -198,7 +201,7 @@ class EventCodec:
         schemas: SchemaSet | None = None,
     ) -> None:
         if registry is not None and not subject:
-            raise ValueError("a schema registry needs the subject of the event schema")
+            raise UsageError("EventCodec: a schema registry needs the subject of the event schema")
         self.max_event_bytes = max_event_bytes
         self.registry = registry
         self.subject = subject
@@ -489,9 +492,7 @@ class RecordCodec:
     def _schema(self, schema_name: str) -> Any:
         parsed = self._parsed.get(schema_name)
         if parsed is None:
-            raise SerializationError(
-                f"unknown record schema {schema_name!r}; known: {', '.join(self.names)}"
-            )
+            raise SerializationError(f"unknown record schema {schema_name!r}; known: {', '.join(self.names)}")
         return parsed
 
     def encode(self, schema_name: str, value: Mapping[str, Any]) -> bytes:

@@ -149,7 +149,9 @@ class StreamsConfig:
             if self.sasl_mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512") and not (
                 self.sasl_username and self.sasl_password
             ):
-                raise ConfigError("sasl_username", f"SASL {self.sasl_mechanism} needs a username and password")
+                raise ConfigError(
+                    "sasl_username", f"SASL {self.sasl_mechanism} needs a username and password"
+                )
         elif self.sasl_mechanism is not None:
             raise ConfigError(
                 "sasl_mechanism", f"is set but security_protocol is {self.security_protocol}; use SASL_SSL"
@@ -216,7 +218,7 @@ class StreamsConfig:
         return f"{self.namespace}.{name}"
 
     def client_config(self) -> dict[str, Any]:
-        """librdkafka settings shared by every producer, consumer and admin client.
+        """Settings for librdkafka shared by every producer, consumer and admin client.
 
         Raises:
             ConfigError: ``bootstrap_servers`` is unset (start the local broker or set it).

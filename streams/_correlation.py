@@ -35,11 +35,12 @@ import logging
 import textwrap
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from streams._expr import (
     STORED_VARIABLES,
     cel_literal,
+    cel_path,
     compile_expression,
     equality_key,
     equality_path,
@@ -277,7 +278,12 @@ class CorrelationIndex:
         return [
             (
                 correlation_key(name, path),
-                {"event_name": name, "path": path, "published_by": published_by, "published_ms": published_ms},
+                {
+                    "event_name": name,
+                    "path": path,
+                    "published_by": published_by,
+                    "published_ms": published_ms,
+                },
             )
             for name, path in self
         ]
@@ -387,7 +393,7 @@ def plan_wait(
             value = extract(trigger, match)
             if value is MISSING:
                 return _unsatisfiable(event_name, None)
-            term = f"{_cel_path('async', parse_path(match))} == {cel_literal(value)}"
+            term = f"{cel_path('async', parse_path(match))} == {cel_literal(value)}"
             condition = term if condition is None else f"{term} && ({condition})"
         return WaitPlan(event_name, None, name_key(event_name), condition)
 
@@ -410,24 +416,6 @@ def _unsatisfiable(event_name: str, path: str | None) -> WaitPlan:
     return WaitPlan(event_name, path, name_key(event_name), "false", satisfiable=False)
 
 
-def _cel_path(variable: str, segments: Iterable[str]) -> str:
-    out = [variable]
-    for segment in segments:
-        if segment.isidentifier() and segment.isascii() and segment not in _CEL_RESERVED:
-            out.append("." + segment)
-        else:
-            out.append(f"[{cel_literal(segment)}]")
-    return "".join(out)
-
-
-_CEL_RESERVED = frozenset(
-    {
-        "as", "break", "const", "continue", "else", "false", "for", "function", "if", "import", "in",
-        "let", "loop", "namespace", "null", "package", "return", "true", "var", "void", "while",
-    }
-)  # fmt: skip
-
-
 # --------------------------------------------------------------------------------------------------
 # Source scanning
 # --------------------------------------------------------------------------------------------------
@@ -437,7 +425,7 @@ class _Unknown(enum.Enum):
     UNKNOWN = "UNKNOWN"
 
 
-_UNKNOWN = _Unknown.UNKNOWN
+_UNKNOWN: Final = _Unknown.UNKNOWN
 
 #: Positional parameters after the step id, by callee. ``wait_for_event`` takes keywords only.
 _POSITIONAL: dict[str, tuple[str, ...]] = {
@@ -470,8 +458,8 @@ def scan_function_source(fn: Callable[..., Any]) -> list[Entry]:
     target = inspect.unwrap(fn)
     qualname = getattr(target, "__qualname__", repr(target))
     try:
-        source = textwrap.dedent(inspect.getsource(target))
-        tree = ast.parse(source)
+        lines, first_line = inspect.getsourcelines(target)
+        tree = ast.parse(textwrap.dedent("".join(lines)))
     except (OSError, TypeError, SyntaxError) as exc:
         logger.warning(
             "cannot read the source of %s to find its waits (%s); declare them with waits=[Wait(...)]",
@@ -482,7 +470,7 @@ def scan_function_source(fn: Callable[..., Any]) -> list[Entry]:
     body = _function_node(tree, getattr(target, "__name__", ""))
     if body is None:
         return []
-    namespace = _namespace(target)
+    namespace = {**_namespace(target), **_local_constants(body)}
     found: list[Entry] = []
     for node in _walk_body(body):
         if not isinstance(node, ast.Call):
@@ -490,21 +478,21 @@ def scan_function_source(fn: Callable[..., Any]) -> list[Entry]:
         callee = _callee_name(node.func)
         if callee not in _POSITIONAL:
             continue
-        entry = _entry_for_call(node, callee, namespace, qualname)
+        where = f"{qualname} (line {first_line + node.lineno - 1})" if first_line else qualname
+        entry = _entry_for_call(node, callee, namespace, where)
         if entry is not None and entry not in found:
             found.append(entry)
     return found
 
 
 def _function_node(tree: ast.Module, name: str) -> ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda | None:
-    for node in tree.body:
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name == name:
-            return node
     for node in ast.walk(tree):
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name == name:
             return node
-        if isinstance(node, ast.Lambda):
-            return node
+    if name == "<lambda>":
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Lambda):
+                return node
     return None
 
 
@@ -514,6 +502,34 @@ def _walk_body(node: ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda) -> Ite
         return
     for statement in node.body:
         yield from ast.walk(statement)
+
+
+def _local_constants(node: ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda) -> dict[str, Any]:
+    """Local names bound exactly once, to a string literal (``key = "data.id"``); others are unknown."""
+    bindings: dict[str, list[ast.AST]] = {}
+    for child in _walk_body(node):
+        if isinstance(child, ast.Name) and isinstance(child.ctx, ast.Store | ast.Del):
+            bindings.setdefault(child.id, []).append(child)
+        elif isinstance(child, ast.arg):
+            bindings.setdefault(child.arg, []).extend([child, child])  # parameters are never constant
+    if not isinstance(node, ast.Lambda):
+        for argument in (*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs):
+            bindings.setdefault(argument.arg, []).extend([argument, argument])
+    constants: dict[str, Any] = {}
+    for child in _walk_body(node):
+        if (
+            isinstance(child, ast.Assign)
+            and len(child.targets) == 1
+            and isinstance(child.targets[0], ast.Name)
+            and isinstance(child.value, ast.Constant)
+            and isinstance(child.value.value, str)
+            and len(bindings.get(child.targets[0].id, ())) == 1
+        ):
+            constants[child.targets[0].id] = child.value.value
+    for name, nodes in bindings.items():
+        if name not in constants and nodes:
+            constants[name] = _UNKNOWN  # a local that shadows any global of the same name
+    return constants
 
 
 def _namespace(fn: Callable[..., Any]) -> dict[str, Any]:
@@ -534,7 +550,7 @@ def _callee_name(func: ast.expr) -> str | None:
     return None
 
 
-def _entry_for_call(call: ast.Call, callee: str, namespace: dict[str, Any], qualname: str) -> Entry | None:
+def _entry_for_call(call: ast.Call, callee: str, namespace: dict[str, Any], where: str) -> Entry | None:
     arguments: dict[str, ast.expr] = {}
     positional = _POSITIONAL[callee]
     args = call.args[_WAIT_FOR_EVENT_FIRST_ARG:] if callee == "wait_for_event" else call.args
@@ -546,15 +562,13 @@ def _entry_for_call(call: ast.Call, callee: str, namespace: dict[str, Any], qual
     for keyword in call.keywords:
         if keyword.arg is not None:
             arguments[keyword.arg] = keyword.value
-    line = getattr(call, "lineno", "?")
 
     event = _constant(arguments.get("event"), namespace) if "event" in arguments else _UNKNOWN
     if not isinstance(event, str) or not event:
         logger.warning(
-            "%s (line %s of its source): cannot tell statically which event %s(...) waits for; "
+            "%s: cannot tell statically which event %s(...) waits for; "
             "declare it with @app.function(..., waits=[Wait(event=..., match=...)])",
-            qualname,
-            line,
+            where,
             callee,
         )
         return None
@@ -564,10 +578,9 @@ def _entry_for_call(call: ast.Call, callee: str, namespace: dict[str, Any], qual
         match = _UNKNOWN
     if match is _UNKNOWN or (match is None and if_ is _UNKNOWN):
         logger.warning(
-            "%s (line %s of its source): the %s of %s(event=%r) is not known statically; every %r event "
+            "%s: the %s of %s(event=%r) is not known statically; every %r event "
             "will be routed to the matcher. Pass a literal to route only matching ones.",
-            qualname,
-            line,
+            where,
             "match" if match is _UNKNOWN else "if_",
             callee,
             event,
@@ -581,11 +594,11 @@ def _entry_for_call(call: ast.Call, callee: str, namespace: dict[str, Any], qual
     try:
         return (event, route_path(match, if_))
     except UsageError as exc:
-        logger.warning("%s (line %s of its source): %s", qualname, line, exc)
+        logger.warning("%s: %s", where, exc)
         return None
 
 
-def _constant(node: ast.expr | None, namespace: Mapping[str, Any]) -> str | None | _Unknown:
+def _constant(node: ast.expr | None, namespace: Mapping[str, Any]) -> str | _Unknown | None:
     """The value of a literal or constant-name argument when it is a ``str`` or ``None``."""
     if node is None:
         return None
@@ -607,8 +620,12 @@ def _constant(node: ast.expr | None, namespace: Mapping[str, Any]) -> str | None
             if not (inspect.ismodule(value) or inspect.isclass(value)):
                 return _UNKNOWN  # never run properties of arbitrary objects
             value = inspect.getattr_static(value, attr, _UNKNOWN)
+    if isinstance(value, _Unknown):
+        return _Unknown.UNKNOWN
     if isinstance(value, enum.Enum):
         value = value.value
-    if value is None or isinstance(value, str):
-        return value if type(value) is str or value is None else str.__str__(value)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return str.__str__(value)  # a plain ``str`` even for ``str`` subclasses
     return _UNKNOWN

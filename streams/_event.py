@@ -207,7 +207,9 @@ def _check_dict(obj: Mapping[Any, Any], depth: int) -> None:
         raise _BadJsonError(f"nested deeper than {MAX_JSON_DEPTH} levels")
     for key, value in obj.items():
         if type(key) is not str and not isinstance(key, str):
-            raise _BadJsonError(f"object key {key!r} is not a string ({_type_name(key)}); JSON keys must be strings")
+            raise _BadJsonError(
+                f"object key {key!r} is not a string ({_type_name(key)}); JSON keys must be strings"
+            )
         try:
             _check_value(value, depth)
         except _BadJsonError as exc:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Final
@@ -48,6 +48,7 @@ __all__ = [
     "CompiledExpression",
     "Evaluation",
     "cel_literal",
+    "cel_path",
     "compile_expression",
     "equality_key",
     "equality_path",
@@ -374,8 +375,9 @@ def _loop_variables(src: str, tokens: Sequence[_Token]) -> set[str]:
         is_bind = token.text == "bind" and i >= 2 and tokens[i - 2].text == "cel" and _prev_is_dot(tokens, i)
         if is_macro or is_bind:
             bound.add(target.text)
-            if token.text in {"all", "exists", "map", "filter"} and _is_op(tokens, i + 5, ","):
-                # Two-variable forms (``map.all(k, v, ...)``) bind the second name too.
+            if token.text in {"all", "exists", "exists_one"} and _is_op(tokens, i + 5, ","):
+                # Two-variable forms (``m.all(k, v, ...)``) bind the second name too; the 3-argument
+                # ``map(x, predicate, transform)`` does not.
                 second = tokens[i + 4]
                 if second.kind == "ident":
                     bound.add(second.text)
@@ -390,9 +392,9 @@ def _loop_variables(src: str, tokens: Sequence[_Token]) -> set[str]:
 def cel_literal(value: Any) -> str:
     r"""Writes a Python value as a CEL literal that evaluates to the same CEL value.
 
-    Strings are double-quoted with ``\\\\``, ``\\"`` and control / non-printable characters escaped
-    (printable non-ASCII text is kept as is); ``int`` is ``int`` (or ``uint`` from 2^63 to 2^64 - 1 and a
     Strings are double-quoted with ``\\``, ``\"`` and control / non-printable characters escaped
+    (printable non-ASCII text is kept as is); ``int`` is ``int`` (or ``uint`` from 2^63 to 2^64 - 1 and a
+    ``double`` beyond, as the library converts them); ``float`` keeps a decimal point, with
     ``double("NaN")`` / ``double("Infinity")`` for the non-finite ones; ``None`` is ``null``; lists
     and dicts nest. Negative numbers are parenthesised so a following ``.method()`` applies to the number.
 
@@ -564,14 +566,27 @@ def _resolve(root: Any, segments: Sequence[str | int]) -> Any:
     return current
 
 
-def _reference_text(segments: Sequence[str | int]) -> str:
-    out = ["event"]
+def cel_path(variable: str, segments: Iterable[str | int]) -> str:
+    """Writes a field path as CEL: ``cel_path("async", ["data", "cart-id"])`` is ``async.data["cart-id"]``.
+
+    Args:
+        variable: The variable the path starts at.
+        segments: Map keys (and list indexes).
+
+    Returns:
+        The CEL source text; segments that are not identifiers, or are reserved words, use ``[...]``.
+    """
+    out = [variable]
     for segment in segments:
         if isinstance(segment, str) and _IDENT.fullmatch(segment) and segment not in _RESERVED:
             out.append("." + segment)
         else:
             out.append(f"[{_literal(segment)}]")
     return "".join(out)
+
+
+def _reference_text(segments: Sequence[str | int]) -> str:
+    return cel_path("event", segments)
 
 
 def _missing(segments: Sequence[str | int]) -> str:

@@ -9,6 +9,7 @@ one of them so the app can compile them all in one place (``streams._expr.compil
 from __future__ import annotations
 
 import inspect
+import json
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -228,13 +229,18 @@ class FunctionDef:
     def failure_handler(self) -> FunctionDef | None:
         """Returns ``on_failure`` as a function definition the engine can replay, or ``None``.
 
-        Its id is ``"<id>.on-failure"``; it keeps the triggers and retries and has no cancel rules.
+        Its id is ``"<id>.on-failure"``. It is triggered by the ``streams/function.failed`` system
+        event of this function (``event.data.function_id`` is this id; ``event.data.event`` is the
+        failed run's trigger and ``event.data.error`` the error), keeps the retries and has no
+        cancel rules.
         """
         if self.on_failure is None:
             return None
         return FunctionDef(
             id=f"{self.id}.on-failure",
-            triggers=self.triggers,
+            triggers=(
+                Trigger("streams/function.failed", if_=f"event.data.function_id == {json.dumps(self.id)}"),
+            ),
             fn=self.on_failure,
             retries=self.retries,
             is_async=_is_coroutine_callable(self.on_failure),

@@ -11,7 +11,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AdminClient,
+    ConfigResource,
+    NewTopic,
+)
 
 from streams._config import StreamsConfig
 from streams.errors import KafkaError, TopicMismatchError
@@ -173,7 +177,8 @@ def create_topics(config: StreamsConfig, specs: Iterable[TopicSpec] | None = Non
         for spec in missing
     ]
     created: list[str] = []
-    for name, future in _admin(config).create_topics(new_topics, request_timeout=_ADMIN_TIMEOUT_S).items():
+    admin = _admin(config)  # must outlive the futures, or librdkafka destroys the handle under them
+    for name, future in admin.create_topics(new_topics, request_timeout=_ADMIN_TIMEOUT_S).items():
         try:
             future.result(timeout=_ADMIN_TIMEOUT_S)
             created.append(name)

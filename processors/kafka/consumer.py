@@ -93,7 +93,7 @@ class Consumer:
         def callback(_consumer: Any, partitions: list[TopicPartition]) -> None:
             try:
                 handler(partitions)
-            except BaseException as exc:  # noqa: BLE001 - re-raised after consume() returns
+            except BaseException as exc:
                 if self._callback_error is None:
                     self._callback_error = exc
 
@@ -142,7 +142,9 @@ class Consumer:
             elif err.fatal():
                 raise map_error(err, f"consume ({self.group_id})")
             else:
-                logger.warning("consumer %s: %s", self.group_id, describe(err), extra={"group_id": self.group_id})
+                logger.warning(
+                    "consumer %s: %s", self.group_id, describe(err), extra={"group_id": self.group_id}
+                )
         self._raise_pending()
         return result
 
@@ -196,7 +198,9 @@ class Consumer:
         [tp] = self._consumer.position([TopicPartition(topic, partition)])
         return tp.offset if tp.offset >= 0 else None
 
-    def committed(self, partitions: Sequence[tuple[str, int]], timeout_s: float = 30.0) -> dict[tuple[str, int], int | None]:
+    def committed(
+        self, partitions: Sequence[tuple[str, int]], timeout_s: float = 30.0
+    ) -> dict[tuple[str, int], int | None]:
         """Committed offsets of the group (``None`` where nothing is committed).
 
         Raises:

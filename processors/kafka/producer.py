@@ -60,9 +60,15 @@ class TransactionState(enum.Enum):
 
 
 _ALLOWED: Mapping[TransactionState, frozenset[TransactionState]] = {
-    TransactionState.NEW: frozenset({TransactionState.READY, TransactionState.FATAL, TransactionState.CLOSED}),
-    TransactionState.READY: frozenset({TransactionState.OPEN, TransactionState.FATAL, TransactionState.CLOSED}),
-    TransactionState.OPEN: frozenset({TransactionState.READY, TransactionState.FATAL, TransactionState.CLOSED}),
+    TransactionState.NEW: frozenset(
+        {TransactionState.READY, TransactionState.FATAL, TransactionState.CLOSED}
+    ),
+    TransactionState.READY: frozenset(
+        {TransactionState.OPEN, TransactionState.FATAL, TransactionState.CLOSED}
+    ),
+    TransactionState.OPEN: frozenset(
+        {TransactionState.READY, TransactionState.FATAL, TransactionState.CLOSED}
+    ),
     TransactionState.FATAL: frozenset({TransactionState.CLOSED}),
     TransactionState.CLOSED: frozenset(),
 }
@@ -274,7 +280,9 @@ class Producer:
 
     # -- completing --------------------------------------------------------------------------
 
-    def send_offsets(self, offsets: Sequence[TopicPartition], group_metadata: Any) -> None:
+    def send_offsets(
+        self, offsets: Sequence[TopicPartition], group_metadata: Any, timeout_s: float | None = None
+    ) -> None:
         """Adds the consumer's next offsets to the open transaction (EOS v2, group metadata fencing).
 
         Retriable errors are retried until the transaction timeout.
@@ -289,11 +297,17 @@ class Producer:
             return
         self._retry(
             "send_offsets_to_transaction",
-            lambda timeout: self._producer.send_offsets_to_transaction(list(offsets), group_metadata, timeout),
+            lambda timeout: self._producer.send_offsets_to_transaction(
+                list(offsets), group_metadata, timeout
+            ),
+            timeout_s=timeout_s,
         )
 
-    def commit(self) -> None:
+    def commit(self, timeout_s: float | None = None) -> None:
         """Commits the open transaction (flushing first); in at-least-once mode only flushes.
+
+        Args:
+            timeout_s: Give up (abortable) after this long; default the transaction timeout.
 
         Raises:
             TransactionAbortRequiredError: The transaction must be aborted (the caller aborts).
@@ -302,9 +316,9 @@ class Producer:
         if self._state is not TransactionState.OPEN:
             raise UsageError(f"commit() needs an open transaction; the producer is {self._state.value}")
         if self.transactional:
-            self._retry("commit_transaction", self._producer.commit_transaction)
+            self._retry("commit_transaction", self._producer.commit_transaction, timeout_s=timeout_s)
         else:
-            self.flush()
+            self.flush(timeout_s)
         self._transition(TransactionState.READY)
 
     def abort(self) -> None:
@@ -327,19 +341,27 @@ class Producer:
         self._transition(TransactionState.READY)
 
     def _retry(
-        self, what: str, call: Callable[[float], None], *, abortable_is_error: bool = False
+        self,
+        what: str,
+        call: Callable[[float], None],
+        *,
+        abortable_is_error: bool = False,
+        timeout_s: float | None = None,
     ) -> None:
         """Runs a transactional call, repeating it while librdkafka says the error is retriable."""
-        deadline = time.monotonic() + max(self.transaction_timeout_s, 5.0)
+        limit = max(self.transaction_timeout_s, 5.0) if timeout_s is None else timeout_s
+        deadline = time.monotonic() + limit
         while True:
             self._raise_if_fatal()
             try:
-                call(max(1.0, deadline - time.monotonic()))
+                call(max(0.5, deadline - time.monotonic()))
                 return
             except KafkaException as exc:
                 error = self._fail_if_fatal(map_error(exc, what))
                 if isinstance(error, RetriableKafkaError) and time.monotonic() < deadline:
-                    logger.info("%s: %s; retrying", what, error, extra={"transactional_id": self.transactional_id})
+                    logger.info(
+                        "%s: %s; retrying", what, error, extra={"transactional_id": self.transactional_id}
+                    )
                     continue
                 if isinstance(error, TransactionAbortRequiredError) and abortable_is_error:
                     raise FatalKafkaError(str(error), code=error.code) from exc

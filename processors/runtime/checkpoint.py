@@ -68,7 +68,12 @@ class BatchPolicy:
     idle_wait_ms: int = 50
 
     def __post_init__(self) -> None:
-        for name, minimum in (("max_records", 1), ("max_age_ms", 0), ("fetch_records", 1), ("idle_wait_ms", 1)):
+        for name, minimum in (
+            ("max_records", 1),
+            ("max_age_ms", 0),
+            ("fetch_records", 1),
+            ("idle_wait_ms", 1),
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
                 raise ConfigError(f"batch.{name}", f"must be an integer >= {minimum}, got {value!r}")
@@ -139,11 +144,11 @@ class TransactionalProducer(Protocol):
         """Waits for deliveries; highest offset per partition."""
         ...
 
-    def send_offsets(self, offsets: Any, group_metadata: Any) -> None:
+    def send_offsets(self, offsets: Any, group_metadata: Any, timeout_s: float | None = None) -> None:
         """Adds input offsets to the transaction."""
         ...
 
-    def commit(self) -> None:
+    def commit(self, timeout_s: float | None = None) -> None:
         """Commits the transaction."""
         ...
 
@@ -303,7 +308,15 @@ class Checkpoint:
 
     # -- finishing ---------------------------------------------------------------------------
 
-    def commit(self) -> CommitResult:
+    def include_offset(self, topic: str, partition: int, offset: int) -> None:
+        """Adds an input offset to commit for a partition that consumed nothing in this transaction.
+
+        Committing the unchanged offset still ties the transaction to the consumer generation
+        (KIP-447), so a fenced member cannot commit store writes made by ``punctuate``.
+        """
+        self.next_offsets.setdefault((topic, partition), offset)
+
+    def commit(self, timeout_s: float | None = None) -> CommitResult:
         """Commits outputs, changelog records, input offsets and then the stores.
 
         Steps:
@@ -321,12 +334,16 @@ class Checkpoint:
                write batch. A crash before this step loses nothing: the committed changelog holds
                the writes and the restore replays them from the stored checkpoint.
 
+        Args:
+            timeout_s: Time Steps 2-4 may take in all; default the producer's transaction timeout.
+
         Raises:
             TransactionAbortRequiredError: Steps 2-4 need an abort (the caller aborts and rewinds).
             FatalKafkaError: Stop the worker.
             StateError: Step 5 failed; Kafka committed, the store partitions must be restored.
         """
         started = self._clock()
+        deadline = None if timeout_s is None else started + timeout_s
         self._transition(CheckpointState.COMMITTING)
         try:
             # Step 1
@@ -342,18 +359,20 @@ class Checkpoint:
                 self._produced += len(records)
             self._crash("after_produce")
             # Step 2
-            delivered = self._producer.flush()
+            delivered = self._producer.flush(self._remaining(deadline))
             self._crash("after_flush")
             offsets = [TopicPartition(t, p, o) for (t, p), o in self.next_offsets.items()]
             if self._producer.transactional:
                 # Step 3
-                self._producer.send_offsets(offsets, self._consumer.group_metadata())
+                self._producer.send_offsets(
+                    offsets, self._consumer.group_metadata(), self._remaining(deadline)
+                )
                 self._crash("after_send_offsets")
                 # Step 4
-                self._producer.commit()
+                self._producer.commit(self._remaining(deadline))
             else:
                 # Step 4
-                self._producer.commit()
+                self._producer.commit(self._remaining(deadline))
                 self._consumer.commit(offsets)
             self._crash("after_commit")
         except BaseException:
@@ -407,6 +426,11 @@ class Checkpoint:
                     tx.abort()
                 except StateError as exc:  # pragma: no cover - abort only fails after commit
                     logger.warning("aborting a store transaction failed: %s", exc)
+
+    def _remaining(self, deadline: float | None) -> float | None:
+        if deadline is None:
+            return None
+        return max(0.5, deadline - self._clock())
 
     def _crash(self, point: str) -> None:
         if self._crash_hook is not None:

@@ -35,6 +35,11 @@ class RuntimeConfig:
         restore_step_records: Changelog records applied per loop iteration while restoring.
         restore_log_interval_s: Seconds between restore progress lines.
         store_backend: ``rocksdb`` (durable) or ``memory`` (tests; restores in full on every start).
+        static_membership: Join the group as a static member (``group.instance.id`` =
+            ``<processor>.<instance id>``, kept in the state directory). A restarted worker then
+            takes its partitions back without a rebalance and without waiting for the crashed
+            member's session to expire. The price: a worker that stops for good keeps its
+            partitions until ``session.timeout.ms`` passes.
         state_dir: Overrides ``StreamsConfig.state_dir`` (``--state-dir``).
         consumer_config: librdkafka settings for the processor consumers (win over defaults).
         producer_config: librdkafka settings for the producers (win over defaults).
@@ -48,6 +53,7 @@ class RuntimeConfig:
     restore_step_records: int = 5000
     restore_log_interval_s: float = 5.0
     store_backend: StoreBackend = "rocksdb"
+    static_membership: bool = True
     state_dir: Path | None = None
     consumer_config: Mapping[str, Any] = field(default_factory=dict)
     producer_config: Mapping[str, Any] = field(default_factory=dict)

@@ -110,7 +110,9 @@ class StoreView:
         """Items whose key starts with ``prefix``, ascending, including this transaction's writes."""
         return self._tx().iter_prefix(prefix)
 
-    def iter_range(self, lower: bytes | None = None, upper: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+    def iter_range(
+        self, lower: bytes | None = None, upper: bytes | None = None
+    ) -> Iterator[tuple[bytes, bytes]]:
         """Items with ``lower <= key < upper``, ascending, including this transaction's writes."""
         return self._tx().iter_range(lower, upper)
 

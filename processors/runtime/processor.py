@@ -176,7 +176,7 @@ class Processor(ABC, Generic[T]):
             ctx: The record's partition context: stores, ``produce``, coordinates and ``now()``.
         """
 
-    def on_partition_assigned(self, partition: int, ctx: Context) -> None:  # noqa: B027 - optional hook
+    def on_partition_assigned(self, partition: int, ctx: Context) -> None:
         """Called after a partition's stores are restored, before its first record.
 
         Args:
@@ -184,13 +184,13 @@ class Processor(ABC, Generic[T]):
             ctx: The partition's context (stores restored; ``offset``/``timestamp_ms`` are ``None``).
         """
 
-    def on_partition_revoked(self, partition: int) -> None:  # noqa: B027 - optional hook
+    def on_partition_revoked(self, partition: int) -> None:
         """Called after the partition's last transaction finished, before its stores close.
 
         Also called when the partition is lost (its uncommitted work was aborted).
         """
 
-    def punctuate(self, now_ms: int, ctx: Context) -> None:  # noqa: B027 - optional hook
+    def punctuate(self, now_ms: int, ctx: Context) -> None:
         """Called every tick (default 50 ms) for each active partition, inside the open transaction.
 
         Args:

@@ -45,12 +45,16 @@ class PartitionState(enum.Enum):
 
 
 _ALLOWED: Mapping[PartitionState, frozenset[PartitionState]] = {
-    PartitionState.ASSIGNED: frozenset({PartitionState.RESTORING, PartitionState.REVOKING, PartitionState.CLOSED}),
+    PartitionState.ASSIGNED: frozenset(
+        {PartitionState.RESTORING, PartitionState.REVOKING, PartitionState.CLOSED}
+    ),
     PartitionState.RESTORING: frozenset(
         {PartitionState.ACTIVE, PartitionState.ASSIGNED, PartitionState.REVOKING, PartitionState.CLOSED}
     ),
     # ACTIVE → ASSIGNED: a committed transaction failed to apply to the stores; restore again.
-    PartitionState.ACTIVE: frozenset({PartitionState.REVOKING, PartitionState.ASSIGNED, PartitionState.CLOSED}),
+    PartitionState.ACTIVE: frozenset(
+        {PartitionState.REVOKING, PartitionState.ASSIGNED, PartitionState.CLOSED}
+    ),
     PartitionState.REVOKING: frozenset({PartitionState.CLOSED}),
     PartitionState.CLOSED: frozenset(),
 }
@@ -82,7 +86,8 @@ class AssignedPartition:
         """
         if target not in _ALLOWED[self.state]:
             raise UsageError(
-                f"partition {self.topic}[{self.partition}] cannot go from {self.state.value} to {target.value}"
+                f"partition {self.topic}[{self.partition}] cannot go "
+                f"from {self.state.value} to {target.value}"
             )
         self.state = target
 

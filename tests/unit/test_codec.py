@@ -19,7 +19,7 @@ from streams import StreamsConfig
 from streams._codec import BUILTIN_SCHEMA_ID, EventCodec, SchemaRegistryClient
 from streams._event import Event
 from streams._schemas import load_schemas
-from streams.errors import EventValidationError, SerializationError
+from streams.errors import EventValidationError, SerializationError, UsageError
 
 TS = 1_700_000_000_123
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -367,7 +367,7 @@ def registry() -> Iterator[tuple[FakeRegistry, str]]:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
     thread.start()
     try:
         yield fake, f"http://127.0.0.1:{server.server_address[1]}"
@@ -491,10 +491,12 @@ def test_registry_http_error_carries_the_registry_message(registry: tuple[FakeRe
         return 409, {"error_code": 409, "message": "Schema being registered is incompatible"}
 
     fake.handle = refuse  # type: ignore[method-assign]
-    with pytest.raises(SerializationError, match="HTTP 409: error 409: Schema being registered is incompatible"):
+    with pytest.raises(
+        SerializationError, match="HTTP 409: error 409: Schema being registered is incompatible"
+    ):
         SchemaRegistryClient(url).register("s", json.dumps({"type": "string"}))
 
 
 def test_registry_needs_a_subject() -> None:
-    with pytest.raises(ValueError, match="subject"):
+    with pytest.raises(UsageError, match="subject"):
         EventCodec(registry=SchemaRegistryClient("http://127.0.0.1:1"))

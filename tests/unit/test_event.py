@@ -4,7 +4,7 @@ import dataclasses
 import json
 import time
 from collections import OrderedDict
-from enum import Enum, IntEnum
+from enum import IntEnum, StrEnum
 from types import MappingProxyType
 from typing import Any
 
@@ -106,7 +106,16 @@ def test_name_limits_ok() -> None:
 
 
 def test_data_all_json_types() -> None:
-    data = {"s": "x", "i": -3, "big": 2**70, "f": 1.5, "t": True, "n": None, "l": [1, "a", [], {}], "d": {"k": {}}}
+    data = {
+        "s": "x",
+        "i": -3,
+        "big": 2**70,
+        "f": 1.5,
+        "t": True,
+        "n": None,
+        "l": [1, "a", [], {}],
+        "d": {"k": {}},
+    }
     assert Event(name="a", data=data).data == data
 
 
@@ -157,7 +166,7 @@ def test_data_depth_limit() -> None:
 
 
 def test_data_subclasses_of_json_types_are_accepted() -> None:
-    class Color(str, Enum):
+    class Color(StrEnum):
         RED = "red"
 
     class Level(IntEnum):
@@ -196,7 +205,9 @@ def test_ts_unit_hints() -> None:
     assert "looks like microseconds" in str(_error("ts", name="a", ts=TS * 1000))
 
 
-@pytest.mark.parametrize(("ts", "kind"), [("1", "string"), (1.7e12, "number"), (True, "boolean"), (None, "null")])
+@pytest.mark.parametrize(
+    ("ts", "kind"), [("1", "string"), (1.7e12, "number"), (True, "boolean"), (None, "null")]
+)
 def test_ts_wrong_type(ts: Any, kind: str) -> None:
     assert f"expected integer ms since epoch, got {kind}" in str(_error("ts", name="a", ts=ts))
 
