@@ -24,7 +24,6 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from processors.deadline import RouterProgressGate
 from processors.executor import ExecutorProcessor, ExecutorSettings
 from processors.matcher import MatcherProcessor
 from processors.records import CODEC
@@ -118,7 +117,7 @@ class Engine:
                     )
                 )
             else:
-                self.processors.append(TimersProcessor(gate=RouterProgressGate(self.config)))
+                self.processors.append(TimersProcessor.for_app(self.config))
 
     def start_index_sync(self) -> None:
         """Publishes this code's correlation index and starts following everyone's."""
@@ -152,9 +151,9 @@ class Engine:
             while not self._stop_refresh.is_set():
                 messages = consumer.consume(500, timeout=_INDEX_REFRESH_S)
                 values = [
-                    CODEC.decode("streams.Correlation", m.value())
+                    CODEC.decode("streams.Correlation", value)
                     for m in messages
-                    if m.error() is None and m.value() is not None
+                    if m.error() is None and (value := m.value()) is not None
                 ]
                 if values and self.router is not None:
                     published = CorrelationIndex.from_records(values)

@@ -44,12 +44,10 @@ from processors.records import (
     CODEC,
     HISTORY_ENTRY,
     body,
-    cancel_timer,
     cancel_wait,
     event_from_record,
     register_wait,
     run_command,
-    schedule_timer,
     wait_expired,
     wait_timer_id,
 )
@@ -57,6 +55,7 @@ from processors.replay import Completed, Failed, Memo, MemoStatus, Planned, back
 from processors.runtime.context import Context, StoreView
 from processors.runtime.processor import AvroDecoder, Processor, Record
 from processors.steprunner import StepDispatcher
+from processors.timers import cancel_timer_command, schedule_timer_command
 from streams._codec import EventCodec
 from streams._context import RunStep, SendStep, SleepStep, StepKind, WaitMode, WaitStep
 from streams._correlation import CorrelationIndex, plan_wait
@@ -558,7 +557,7 @@ class ExecutorProcessor(Processor[dict[str, Any]]):
             rec = CODEC.decode(STEP_RECORD, value)
             if rec["status"] == "PENDING":
                 if rec["timer_id"]:
-                    run.ctx.produce("timers", run_id, cancel_timer(rec["timer_id"]))
+                    run.ctx.produce("timers", run_id, cancel_timer_command(rec["timer_id"]))
                 self._release_waits(run, rec, keep=None)
                 self._dispatcher.forget(run_id, rec["step_id"])
             store.delete(key)
@@ -583,7 +582,7 @@ class ExecutorProcessor(Processor[dict[str, Any]]):
             if key is not None:
                 run.ctx.produce("waits", key, cancel_wait(key, run.run_id, wait_id))
                 run.store.delete(_step_key(b"w", run.run_id, wait_id))
-            run.ctx.produce("timers", run.run_id, cancel_timer(wait_timer_id(run.run_id, wait_id)))
+            run.ctx.produce("timers", run.run_id, cancel_timer_command(wait_timer_id(run.run_id, wait_id)))
 
     def _release_cancel_subscriptions(self, run: _Run) -> None:
         if not run.function.cancel_on:
@@ -593,10 +592,10 @@ class ExecutorProcessor(Processor[dict[str, Any]]):
         except StreamsError:
             return  # the router could not register them either
         for sub in subscriptions:
+            run.ctx.produce("waits", sub.plan.key, cancel_wait(sub.plan.key, run.run_id, sub.wait_id))
             run.ctx.produce(
-                "waits", sub.plan.key, cancel_wait(sub.plan.key, run.run_id, sub.wait_id)
+                "timers", run.run_id, cancel_timer_command(cancel_timer_id(run.run_id, sub.wait_id))
             )
-            run.ctx.produce("timers", run.run_id, cancel_timer(cancel_timer_id(run.run_id, sub.wait_id)))
 
     def _history(self, run: _Run) -> None:
         header = run.header
@@ -705,7 +704,7 @@ class ExecutorProcessor(Processor[dict[str, Any]]):
         *,
         after_events_routed: bool = False,
     ) -> None:
-        command = schedule_timer(
+        command = schedule_timer_command(
             timer_id, fire_at_ms, topic, key, payload, after_events_routed=after_events_routed
         )
         run.ctx.produce("timers", run.run_id, command)

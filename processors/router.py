@@ -25,12 +25,12 @@ from processors.cancellation import cancel_subscriptions, cancel_timer_id
 from processors.records import (
     correlated_event,
     register_wait,
-    schedule_timer,
     start_run,
     wait_expired,
 )
 from processors.runtime.context import Context
 from processors.runtime.processor import Processor, RawDecoder, Record
+from processors.timers import schedule_timer_command
 from streams._codec import EventCodec
 from streams._correlation import CorrelationIndex
 from streams._event import Event
@@ -154,7 +154,7 @@ class RouterProcessor(Processor[bytes | None]):
                     exclude_event_ids=[event.id],
                 ),
             )
-            timer = schedule_timer(
+            timer = schedule_timer_command(
                 cancel_timer_id(run_id, sub.wait_id),
                 expires,
                 "waits",

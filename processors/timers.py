@@ -128,6 +128,9 @@ class TimersConfig:
 class TimerStats:
     """Counters of one processor instance (for metrics and benchmarks).
 
+    Counted when a hook runs, so work of a transaction that later aborts (and is redone) is
+    counted again: the counters are approximate, the store and the outputs are exact.
+
     Attributes:
         scheduled: ``ScheduleTimer`` commands applied (replacements included).
         cancelled: ``CancelTimer`` commands that deleted a pending timer.

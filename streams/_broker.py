@@ -25,7 +25,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import errno
-import fcntl
 import hashlib
 import json
 import logging
@@ -293,7 +292,7 @@ class LocalKafka:
             # Step 6
             try:
                 _wait_ready(pid, bootstrap, data, timeout, log_offset)
-            except BrokerError:
+            except BaseException:  # also Ctrl-C: never leave a half-started broker behind
                 self._stop_locked(data, pid, 10.0)
                 raise
             (data / "bootstrap").write_text(bootstrap + "\n")
@@ -712,6 +711,8 @@ def _which(name: str, what: str, hint: str) -> str:
 
 @contextlib.contextmanager
 def _file_lock(path: Path) -> Iterator[None]:
+    import fcntl  # POSIX only; imported here so the CLI still loads elsewhere
+
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)

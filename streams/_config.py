@@ -33,6 +33,8 @@ SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI")
 _NAMESPACE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 _ENV_PREFIX = "STREAMS_"
+#: ``STREAMS_KAFKA_*`` variables that configure the local broker launcher, not librdkafka.
+_NOT_LIBRDKAFKA = frozenset({"STREAMS_KAFKA_HOME"})
 
 
 class SecretStr:
@@ -195,7 +197,7 @@ class StreamsConfig:
         extra = {
             key[len(_ENV_PREFIX + "KAFKA_") :].lower().replace("_", "."): val
             for key, val in source.items()
-            if key.startswith(_ENV_PREFIX + "KAFKA_")
+            if key.startswith(_ENV_PREFIX + "KAFKA_") and key not in _NOT_LIBRDKAFKA
         }
         if extra:
             values["extra_config"] = extra

@@ -256,6 +256,8 @@ class ProcessorLoop:
                 "isolation.level": "read_committed",
                 "enable.auto.commit": False,
                 "enable.partition.eof": True,
+                # An empty fetch at the end must not park the restore for the default 500 ms.
+                "fetch.wait.max.ms": 10,
                 "auto.offset.reset": "earliest",
                 "client.id": f"{self.transactional_id}.restore",
             },
@@ -391,8 +393,9 @@ class ProcessorLoop:
 
     def _advance_restores(self) -> None:
         assert self._restorer is not None
-        for entry in self._registry.in_state(PartitionState.ASSIGNED):
-            self._start_restore(entry)
+        assigned = self._registry.in_state(PartitionState.ASSIGNED)
+        if assigned:
+            self._start_restores(assigned)
         if self._restorer.busy:
             idle = not self._registry.in_state(PartitionState.ACTIVE)
             timeout = self._policy.idle_wait_ms / 1000.0 if idle else 0.0
@@ -613,31 +616,54 @@ class ProcessorLoop:
 
     # -- partitions --------------------------------------------------------------------------
 
-    def _start_restore(self, entry: AssignedPartition) -> None:
+    def _start_restores(self, entries: list[AssignedPartition]) -> None:
+        """Starts restoring newly assigned partitions; activates those with nothing to replay.
+
+        Steps:
+            1. Read the group's committed offsets of the partitions. ``read_committed`` consumers
+               ask for stable offsets: this waits while a previous owner's transaction on them is
+               undecided, so the changelog ends read next are final.
+            2. Open each partition's stores (a corrupt one is wiped) and start replaying every
+               changelog from its checkpoint + 1 to its end.
+            3. Activate the partitions that had nothing to replay.
+        """
         assert self._consumer is not None and self._restorer is not None
-        entry.transition(PartitionState.RESTORING)
+        # Step 1
         try:
-            # Waits while a previous owner's transaction on this partition is undecided
-            # (read_committed asks for stable offsets), so the changelog end read next is final.
-            committed = self._consumer.committed([(entry.topic, entry.partition)])
-            entry.committed_offset = committed.get((entry.topic, entry.partition))
-            opened = self._restorer.open_stores(entry.partition)
-            done = self._restorer.start(entry.partition, opened)
+            committed = self._consumer.committed([(e.topic, e.partition) for e in entries])
         except KafkaError as exc:
             if isinstance(exc, FatalKafkaError):
                 raise
             logger.warning(
-                "%s: could not start restoring partition %d (%s); retrying",
+                "%s: could not read committed offsets (%s); retrying",
                 self.name,
-                entry.partition,
                 exc,
-                extra={"processor": self.name, "partition": entry.partition},
+                extra={"processor": self.name},
             )
-            self._restorer.cancel(entry.partition)
-            entry.transition(PartitionState.ASSIGNED)
             return
-        if done:
-            self._activate(entry)
+        for entry in entries:
+            entry.transition(PartitionState.RESTORING)
+            entry.committed_offset = committed.get((entry.topic, entry.partition))
+            # Step 2
+            try:
+                opened = self._restorer.open_stores(entry.partition)
+                done = self._restorer.start(entry.partition, opened)
+            except KafkaError as exc:
+                if isinstance(exc, FatalKafkaError):
+                    raise
+                logger.warning(
+                    "%s: could not start restoring partition %d (%s); retrying",
+                    self.name,
+                    entry.partition,
+                    exc,
+                    extra={"processor": self.name, "partition": entry.partition},
+                )
+                self._restorer.cancel(entry.partition)
+                entry.transition(PartitionState.ASSIGNED)
+                continue
+            # Step 3
+            if done:
+                self._activate(entry)
 
     def _activate(self, entry: AssignedPartition) -> None:
         assert self._consumer is not None

@@ -6,9 +6,9 @@ Responsibilities:
 - read each changelog partition from the stored checkpoint + 1 to its end with a dedicated
   ``read_committed`` consumer (no group), so records of aborted transactions are never applied;
 - decide the end correctly: with ``read_committed`` the end is the last stable offset (LSO) and
-  transaction markers occupy offsets, so a changelog is done when the consumer's partition-EOF event
-  arrives or the next offset to read has reached the end offset, never by comparing the last
-  record's offset;
+  transaction markers occupy offsets, so a changelog is done when the consumer's position (which
+  librdkafka moves past markers and aborted records) reaches the end offset, or its partition-EOF
+  event arrives; never by comparing the last record's offset with the end;
 - work in bounded steps so the processor loop keeps serving other partitions and its consumer;
 - log progress (records, rate, remaining) and keep counters for metrics.
 
@@ -53,7 +53,8 @@ class RestoreMetrics:
     Attributes:
         records_restored: Changelog records applied, all partitions, since start.
         partitions_restored: Store partitions whose restore completed.
-        full_restores: Store partitions replayed from offset 0 (missing, corrupt or wiped store).
+        full_restores: Store partitions replayed from offset 0 (missing, corrupt or wiped store,
+            and a changelog that is not empty).
         active: Store partitions being restored now.
         per_partition: ``(store, partition)`` → records applied by its latest restore.
     """
@@ -172,9 +173,9 @@ class Restorer:
                 )
                 store_partition.wipe()
                 start = 0
-            if start == 0:
-                self.metrics.full_restores += 1
             position = max(start, low)
+            if start == 0 and position < end:
+                self.metrics.full_restores += 1
             self.metrics.per_partition[(name, partition)] = 0
             if position >= end:
                 self.metrics.partitions_restored += 1
@@ -244,6 +245,13 @@ class Restorer:
         finished: list[tuple[str, int]] = []
         for key, job in self._active.items():
             if key in result.eof or job.position >= job.end:
+                finished.append(key)
+                continue
+            # librdkafka advances the position past transaction markers and aborted records, which
+            # are never delivered: a changelog ending in a marker is done without waiting for EOF.
+            position = self._consumer.position(job.topic, job.partition)
+            if position is not None and position >= job.end:
+                job.position = position
                 finished.append(key)
         done_partitions: set[int] = set()
         for key in finished:

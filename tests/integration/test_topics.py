@@ -32,7 +32,9 @@ def test_create_is_idempotent_and_sets_layout(streams_config: StreamsConfig) -> 
 
 def test_mismatched_partition_count_is_rejected_with_migration(streams_config: StreamsConfig) -> None:
     create_topics(streams_config)
-    other = streams_config.replace(partitions={"runs": streams_config.partitions["runs"] + 1})
+    other = streams_config.replace(
+        partitions={**streams_config.partitions, "runs": streams_config.partitions["runs"] + 1}
+    )
     with pytest.raises(TopicMismatchError) as info:
         create_topics(other)
     message = str(info.value)

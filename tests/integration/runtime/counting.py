@@ -36,8 +36,7 @@ from processors.runtime import Context, EventDecoder, Processor, Record, Runtime
 from processors.runtime.checkpoint import CRASH_POINTS, BatchPolicy  # noqa: E402
 from streams._config import StreamsConfig  # noqa: E402
 from streams._event import Event  # noqa: E402
-from processors.kafka.admin import create_topics  # noqa: E402
-from streams._topics import TopicSpec  # noqa: E402
+from streams._topics import TopicSpec, create_topics  # noqa: E402
 from streams.errors import NonRetriableError  # noqa: E402
 
 INPUT = "counting-input"
@@ -48,10 +47,13 @@ POISON_NAME = "count/poison"
 class CountingProcessor(Processor[Event]):
     """Counts events per key; emits ``"<in partition>:<in offset>:<count>"`` keyed like the input."""
 
-    name = "counting"
-    input_topic = INPUT
     stores = ("counts",)
     decoder = EventDecoder()
+
+    def __init__(self, name: str = "counting", input_topic: str = INPUT, output_topic: str = OUTPUT) -> None:
+        self.name = name
+        self.input_topic = input_topic
+        self.output_topic = output_topic
 
     def process(self, record: Record[Event], ctx: Context) -> None:
         if record.value.name == POISON_NAME:
@@ -61,7 +63,7 @@ class CountingProcessor(Processor[Event]):
         raw = store.get(key)
         count = (int.from_bytes(raw, "big") if raw else 0) + 1
         store.put(key, count.to_bytes(8, "big"))
-        ctx.produce(OUTPUT, key, f"{record.partition}:{record.offset}:{count}".encode())
+        ctx.produce(self.output_topic, key, f"{record.partition}:{record.offset}:{count}".encode())
 
 
 def make_config(bootstrap: str, namespace: str, state_dir: Path | None = None) -> StreamsConfig:
@@ -73,12 +75,14 @@ def make_config(bootstrap: str, namespace: str, state_dir: Path | None = None) -
     )
 
 
-def create_counting_topics(config: StreamsConfig, partitions: int = 4) -> None:
+def create_counting_topics(
+    config: StreamsConfig, partitions: int = 4, input_topic: str = INPUT, output_topic: str = OUTPUT
+) -> None:
     create_topics(
         config,
         [
-            TopicSpec(config.topic(INPUT), partitions, "delete"),
-            TopicSpec(config.topic(OUTPUT), partitions, "delete"),
+            TopicSpec(config.topic(input_topic), partitions, "delete"),
+            TopicSpec(config.topic(output_topic), partitions, "delete"),
             TopicSpec(config.topic("dlq"), 1, "delete"),
         ],
     )
@@ -110,12 +114,13 @@ def produce_inputs(
     garbage_every: int = 0,
     into: Inputs | None = None,
     rate: float | None = None,
+    topic: str = INPUT,
 ) -> Inputs:
     """Produces ``count`` events (keys ``k<i % keys>``); every n-th is poison or undecodable."""
     inputs = into or Inputs(per_key=Counter())
     assert inputs.per_key is not None
     producer = Producer({**config.client_config(), "linger.ms": 20, "partitioner": "murmur2_random"})
-    topic = config.topic(INPUT)
+    full_topic = config.topic(topic)
     began = time.monotonic()
     for i in range(start, start + count):
         key = f"k{i % keys}".encode()
@@ -130,7 +135,7 @@ def produce_inputs(
             inputs.per_key[key] += 1
         while True:
             try:
-                producer.produce(topic, value, key)
+                producer.produce(full_topic, value, key)
                 break
             except BufferError:
                 producer.poll(0.05)
@@ -189,17 +194,21 @@ def check_outputs(outputs: Iterable[tuple[bytes | None, bytes | None, object]], 
         seen[(partition, offset)] += 1
         counts[key].append(count)
     duplicated = {coords: n for coords, n in seen.items() if n > 1}
-    assert not duplicated, f"{len(duplicated)} inputs have more than one output, e.g. {list(duplicated.items())[:5]}"
+    assert not duplicated, (
+        f"{len(duplicated)} inputs have more than one output, e.g. {list(duplicated.items())[:5]}"
+    )
     assert len(seen) == inputs.countable, f"{len(seen)} outputs for {inputs.countable} countable inputs"
     for key, expected in inputs.per_key.items():
-        assert sorted(counts[key]) == list(range(1, expected + 1)), f"key {key!r}: counts are not 1..{expected}"
+        assert sorted(counts[key]) == list(range(1, expected + 1)), (
+            f"key {key!r}: counts are not 1..{expected}"
+        )
     assert set(counts) == set(inputs.per_key)
 
 
 def test_runtime(**changes: object) -> RuntimeConfig:
     """Runtime settings for tests: short session timeout, small batches."""
     settings: dict[str, object] = {
-        "consumer_config": {"session.timeout.ms": 10_000, "heartbeat.interval.ms": 1000},
+        "consumer_config": {"session.timeout.ms": 6000, "heartbeat.interval.ms": 1000},
         "batch": BatchPolicy(max_records=2000, max_age_ms=100),
         "restore_log_interval_s": 1.0,
     }
@@ -238,7 +247,9 @@ def main() -> int:
     parser.add_argument("--guarantee", default="exactly_once")
     args = parser.parse_args()
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s", stream=sys.stderr
+        level=logging.INFO,
+        format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
     )
     config = make_config(args.bootstrap, args.namespace, args.state_dir)
     runtime = test_runtime(guarantee=args.guarantee)

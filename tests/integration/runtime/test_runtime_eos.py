@@ -33,7 +33,11 @@ def test_poison_records_land_in_the_dlq_with_headers_and_processing_continues(
     handle = start_loop(counting_config)
     outputs = read_topic(counting_config, counting_config.topic(OUTPUT), inputs.countable, timeout_s=120)
     dead = read_topic(
-        counting_config, counting_config.topic("dlq"), inputs.poison + inputs.garbage, timeout_s=30, settle_s=1
+        counting_config,
+        counting_config.topic("dlq"),
+        inputs.poison + inputs.garbage,
+        timeout_s=30,
+        settle_s=1,
     )
     assert handle.stop() == 0  # type: ignore[attr-defined]
     check_outputs(outputs, inputs)
@@ -58,5 +62,7 @@ def test_poison_records_land_in_the_dlq_with_headers_and_processing_continues(
             assert b"0xff" in headers["streams.error.message"]
     assert kinds == {"NonRetriableError": inputs.poison, "SerializationError": inputs.garbage}
     # Each DLQ record names its source exactly once.
-    coordinates = {(h["streams.source.partition"], h["streams.source.offset"]) for _, _, hl in dead for h in [dict(hl)]}
+    coordinates = {
+        (h["streams.source.partition"], h["streams.source.offset"]) for _, _, hl in dead for h in [dict(hl)]
+    }
     assert len(coordinates) == len(dead)
