@@ -49,6 +49,7 @@ from processors.runtime.checkpoint import BatchPolicy  # noqa: E402
 from streams._config import StreamsConfig  # noqa: E402
 
 PARTITIONS = 4
+EXTRA: dict[str, Any] = {}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -67,7 +68,7 @@ def new_config(bootstrap: str, state_root: Path) -> StreamsConfig:
 
 
 def runtime(guarantee: str, **changes: Any) -> RuntimeConfig:
-    settings: dict[str, Any] = {"guarantee": guarantee, "batch": BatchPolicy()}
+    settings: dict[str, Any] = {"guarantee": guarantee, "batch": BatchPolicy(), **EXTRA}
     settings.update(changes)
     return RuntimeConfig(**settings)
 
@@ -84,7 +85,7 @@ def run_loop_until(loop: ProcessorLoop, done: Callable[[], bool], timeout_s: flo
                 first = time.monotonic()
             if done():
                 return first or time.monotonic(), time.monotonic()
-            time.sleep(0.002)
+            time.sleep(0.02)
         raise TimeoutError("benchmark run did not finish")
     finally:
         loop.stop()
@@ -143,7 +144,8 @@ def low_load_latency(
 
     def read() -> None:
         while not stop.is_set():
-            for message in reader.consume(100, 0.05):
+            # consume(n, timeout) waits the whole timeout unless n records arrive: wait for one.
+            for message in reader.consume(1, 0.05) + reader.consume(100, 0):
                 value = message.value()
                 if message.error() is None and value is not None:
                     partition, offset, _ = value.split(b":")
@@ -168,8 +170,9 @@ def low_load_latency(
     began = time.monotonic()
     for i in range(count):
         due = began + i / rate
-        while time.monotonic() < due:
-            producer.poll(0.0005)
+        delay = due - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
         producer.produce(
             topic, event_bytes(i), f"k{i % 50}".encode(), on_delivery=delivered(time.monotonic())
         )

@@ -35,6 +35,7 @@ from processors.steprunner import StepRunner
 from processors.timers import TimersProcessor
 from streams._app import App
 from streams._codec import EventCodec
+from streams._config import producer_defaults
 from streams._correlation import CorrelationIndex
 from streams.errors import UsageError
 
@@ -121,7 +122,7 @@ class Engine:
 
     def start_index_sync(self) -> None:
         """Publishes this code's correlation index and starts following everyone's."""
-        producer = Producer({**self.config.client_config(), "enable.idempotence": True, "acks": "all"})
+        producer = Producer({**self.config.client_config(), **producer_defaults()})
         worker = f"{socket.gethostname()}:{os.getpid()}"
         for key, value in self.code_index.to_records(
             published_by=worker, published_ms=int(time.time() * 1000)

@@ -26,7 +26,7 @@ from confluent_kafka import Message, Producer
 
 from processors.records import run_command
 from processors.replay import StepFailed, StepSucceeded, execute_step
-from streams._config import StreamsConfig
+from streams._config import StreamsConfig, producer_defaults
 from streams._context import RunStep
 
 logger = logging.getLogger(__name__)
@@ -64,9 +64,7 @@ class StepRunner:
         self._producer = Producer(
             {
                 **config.client_config(),
-                "acks": "all",
-                "enable.idempotence": True,
-                "partitioner": "murmur2_random",
+                **producer_defaults(),
                 "linger.ms": 0,
             }
         )

@@ -16,7 +16,7 @@ from confluent_kafka import KafkaError as ConfluentKafkaError
 from confluent_kafka import Message, Producer
 
 from streams._codec import EventCodec
-from streams._config import StreamsConfig
+from streams._config import StreamsConfig, producer_defaults
 from streams._event import Event
 from streams.errors import DeliveryError, UsageError
 
@@ -47,9 +47,7 @@ class EventClient:
         with self._lock:
             if self._producer is None:
                 conf: dict[str, Any] = {
-                    "acks": "all",
-                    "enable.idempotence": True,
-                    "partitioner": "murmur2_random",
+                    **producer_defaults(),
                     "linger.ms": 1,
                     **self._config.client_config(),
                 }

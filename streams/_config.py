@@ -254,6 +254,17 @@ class StreamsConfig:
         return conf
 
 
+def producer_defaults() -> dict[str, Any]:
+    """Settings every producer of the project uses.
+
+    ``murmur2_random`` is librdkafka's Java-compatible partitioner: a keyed record lands on the
+    partition a Java producer (and :func:`streams._matchkey.partition_for`) would pick, so run ids
+    and match keys map to the same partition whoever writes them. librdkafka's own default
+    (``consistent_random``, CRC32) would scatter a run's commands over partitions.
+    """
+    return {"partitioner": "murmur2_random", "acks": "all", "enable.idempotence": True}
+
+
 def _coerce(var: str, raw: str, type_name: Any) -> Any:
     text = str(type_name)
     if "int" in text and "str" not in text:

@@ -7,6 +7,7 @@ topic that differs is an error that explains the migration, never something we q
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -190,4 +191,24 @@ def create_topics(config: StreamsConfig, specs: Iterable[TopicSpec] | None = Non
     if len(created) != len(missing):
         for state in describe_topics(config, missing):
             raise_for_mismatch(state)
+    _wait_until_visible(admin, {spec.name: spec.partitions for spec in missing})
     return created
+
+
+def _wait_until_visible(admin: AdminClient, expected: dict[str, int]) -> None:
+    """Waits until metadata shows the new topics with all partitions led, so clients can use them."""
+    deadline = time.monotonic() + _ADMIN_TIMEOUT_S
+    while True:
+        metadata = admin.list_topics(timeout=_ADMIN_TIMEOUT_S)
+        ready = all(
+            name in metadata.topics
+            and metadata.topics[name].error is None
+            and len(metadata.topics[name].partitions) == count
+            and all(p.leader >= 0 for p in metadata.topics[name].partitions.values())
+            for name, count in expected.items()
+        )
+        if ready:
+            return
+        if time.monotonic() > deadline:
+            raise KafkaError(f"created topics did not become visible within {_ADMIN_TIMEOUT_S:.0f}s")
+        time.sleep(0.1)

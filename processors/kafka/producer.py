@@ -38,6 +38,7 @@ from processors.kafka.errors import (
     describe,
     map_error,
 )
+from streams._config import producer_defaults
 from streams.errors import KafkaError, UsageError
 
 logger = logging.getLogger(__name__)
@@ -101,8 +102,7 @@ class Producer:
         conf: dict[str, Any] = dict(config)
         conf.update(
             {
-                "enable.idempotence": True,
-                "acks": "all",
+                **producer_defaults(),
                 "linger.ms": 5,
                 "error_cb": self._on_error,
             }

@@ -587,6 +587,7 @@ class ProcessorLoop:
             entry = self._registry.get(partition)
             if entry is not None:
                 entry.committed_offset = offset
+        self.processor.on_committed()
 
     def _abort_and_rewind(self, reason: str) -> None:
         """Aborts the open transaction and seeks every owned partition back to its last commit."""
@@ -598,6 +599,7 @@ class ProcessorLoop:
         self._batch_first.clear()
         self._producer.abort()
         self._checkpoint = self._new_checkpoint()
+        self.processor.on_aborted()
         for (topic, partition), offset in targets.items():
             entry = self._registry.get(partition)
             if entry is None or entry.state is not PartitionState.ACTIVE:

@@ -99,11 +99,16 @@ class EventDecoder(Decoder["Event"]):
     """
 
     def __init__(self, codec: EventCodec | None = None) -> None:
+        self._default = codec is None
         if codec is None:
             from streams._codec import EventCodec
 
             codec = EventCodec()
         self._codec = codec
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A default codec is rebuilt in the receiving process (worker processes started by spawn).
+        return (EventDecoder, ()) if self._default else (EventDecoder, (self._codec,))
 
     def __call__(self, value: bytes | None) -> Event:
         """Decodes one event.
@@ -131,6 +136,9 @@ class AvroDecoder(Decoder[dict[str, Any]]):
             codec = RecordCodec()
         self.schema_name = schema_name
         self._codec = codec
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (AvroDecoder, (self.schema_name,))
 
     def __call__(self, value: bytes | None) -> dict[str, Any]:
         """Decodes one record.
@@ -197,6 +205,16 @@ class Processor(ABC, Generic[T]):
             now_ms: Wall-clock time of the tick, ms since the epoch.
             ctx: The partition's context (``offset``/``timestamp_ms`` are ``None``).
         """
+
+    def on_committed(self) -> None:
+        """Called on the loop's thread right after a transaction committed.
+
+        The place for effects that must never happen for work that may still be aborted, such as
+        starting a step whose start the committed transaction recorded.
+        """
+
+    def on_aborted(self) -> None:
+        """Called after the open transaction was aborted; its records will be processed again."""
 
     @property
     def has_punctuate(self) -> bool:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import multiprocessing
+import pickle
 import signal
 import threading
 from collections.abc import Sequence
@@ -46,7 +47,7 @@ def run_worker(
     *,
     runtime: RuntimeConfig | None = None,
     state_dir: Path | str | None = None,
-    mode: WorkerMode = "threads",
+    mode: WorkerMode = "processes",
     install_signal_handlers: bool = True,
     stop_event: threading.Event | None = None,
     crash_hook: CrashHook | None = None,
@@ -58,7 +59,9 @@ def run_worker(
         processors: The roles to run; names must be unique.
         runtime: Runtime settings.
         state_dir: ``--state-dir``: overrides ``config.state_dir`` and ``runtime.state_dir``.
-        mode: ``threads`` (one process) or ``processes`` (a child process per role).
+        mode: ``processes`` (a child process per role; the default, about 2.5 times the
+            throughput of ``threads`` with two busy roles on two cores) or ``threads`` (one
+            process; less memory). A single processor always runs in this process.
         install_signal_handlers: Handle SIGTERM/SIGINT (only possible on the main thread).
         stop_event: Set it to stop the worker (threads mode; also works in processes mode, where
             it is polled by the parent).
@@ -144,6 +147,27 @@ def _run_threads(
     return code
 
 
+def _start_method(processors: Sequence[Processor[Any]], crash_hook: CrashHook | None) -> str:
+    """``spawn`` when the processors can be pickled, else ``fork``.
+
+    A forked child inherits only the forking thread: locks held by other threads of the parent
+    (RocksDB's background threads, librdkafka's) stay locked forever in the child. ``spawn`` starts
+    clean, so it is used whenever the processors pickle; ``fork`` is safe only when the parent has
+    not yet created stores or Kafka clients, as in ``streams worker``.
+    """
+    try:
+        pickle.dumps((list(processors), crash_hook))
+    except Exception as exc:
+        if threading.active_count() > 1:
+            logger.warning(
+                "processors cannot be pickled (%s); forking a process that runs %d threads may deadlock",
+                exc,
+                threading.active_count(),
+            )
+        return "fork"
+    return "spawn"
+
+
 def _child_main(
     config: StreamsConfig, processor: Processor[Any], runtime: RuntimeConfig, crash_hook: CrashHook | None
 ) -> None:
@@ -159,8 +183,10 @@ def _run_processes(
     install_signal_handlers: bool,
     crash_hook: CrashHook | None,
 ) -> int:
-    # fork keeps processor objects usable without pickling; no Kafka client exists yet in the parent.
-    context = multiprocessing.get_context("fork")
+    if _start_method(processors, crash_hook) == "spawn":
+        context: Any = multiprocessing.get_context("spawn")
+    else:
+        context = multiprocessing.get_context("fork")
     children = [
         context.Process(
             target=_child_main,

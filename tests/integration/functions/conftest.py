@@ -102,7 +102,26 @@ class Harness:
                 return
             if self._thread is not None and not self._thread.is_alive():
                 raise AssertionError(f"engine stopped (exit {self.exit_code}) while waiting for {what}")
-        raise AssertionError(f"timed out after {timeout}s waiting for {what}; runs: {self.runs}")
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}; runs: {self.runs}\n{self.dump()}")
+
+    def dump(self) -> str:
+        """What each internal topic holds (uncommitted included), for failure messages."""
+        lines = []
+        for topic in ("runs", "waits", "timers", "dlq"):
+            for isolation in ("read_uncommitted", "read_committed"):
+                consumer = Consumer(
+                    {
+                        **self.config.client_config(),
+                        "group.id": f"{self.config.namespace}.dump-{topic}-{isolation}",
+                        "auto.offset.reset": "earliest",
+                        "isolation.level": isolation,
+                    }
+                )
+                consumer.subscribe([self.config.topic(topic)])
+                got = [m for m in consumer.consume(1000, timeout=3) if m.error() is None]
+                consumer.close()
+                lines.append(f"{topic} {isolation}: {[(m.partition(), m.offset()) for m in got]}")
+        return "\n".join(lines)
 
     def ended(self, function_id: str | None = None) -> list[dict[str, Any]]:
         return [
