@@ -131,6 +131,7 @@ class Engine:
                 self.config.topic("correlations"), CODEC.encode("streams.Correlation", value), key
             )
         producer.flush(30)
+        producer.close()
         if self.router is not None:
             self._refresh_thread = threading.Thread(target=self._follow_index, name="index-sync", daemon=True)
             self._refresh_thread.start()

@@ -148,3 +148,4 @@ class StepRunner:
             self._closed = True
         self._pool.shutdown(wait=True, cancel_futures=False)
         self._producer.flush(timeout_s)
+        self._producer.close()

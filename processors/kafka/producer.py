@@ -383,4 +383,7 @@ class Producer:
             self._producer.flush(timeout_s)
         except KafkaException as exc:  # pragma: no cover - defensive
             logger.warning("closing producer: flush failed: %s", describe(exc))
+        # Destroy the client now, not when a reference cycle is collected: a lingering client keeps
+        # its threads and connections (and reconnect noise) alive after the loop stopped.
+        self._producer.close()
         self._state = TransactionState.CLOSED

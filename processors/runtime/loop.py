@@ -174,6 +174,7 @@ class ProcessorLoop:
         self._batch_first: dict[tuple[str, int], int] = {}
         self._pending_seeks: dict[tuple[str, int], int] = {}
         self._next_tick = 0.0
+        self._next_marker_check = 0.0
         self.transactional_id: str | None = None
         self.fatal_error: BaseException | None = None
 
@@ -388,6 +389,7 @@ class ProcessorLoop:
             self._process(records)
             self._punctuate_if_due()
             self._commit_if_due(drained)
+            self._commit_past_markers_if_idle(drained)
         except TransactionAbortRequiredError as exc:
             self._abort_and_rewind(str(exc))
 
@@ -560,6 +562,32 @@ class ProcessorLoop:
         if self._policy.should_commit(
             records=max(1, checkpoint.records), age_ms=checkpoint.age_ms(), drained=drained
         ):
+            self._commit()
+
+    def _commit_past_markers_if_idle(self, drained: bool) -> None:
+        """Commits input positions that moved past transaction markers while nothing else happened.
+
+        Transactional writers leave a commit marker after their records. The committed offset of a
+        caught-up group then sits one short of the high watermark until the next record arrives,
+        and anything that asks "has this group consumed everything appended before time T?" (the
+        timers' deadline gate asks it of the router) would wait forever. The consumer's position
+        steps over markers, so committing it when idle closes the gap. At most once a second.
+        """
+        now = time.monotonic()
+        if not drained or self._pending_seeks or now < self._next_marker_check:
+            return
+        self._next_marker_check = now + 1.0
+        checkpoint = self._sink()
+        if not checkpoint.empty or self._consumer is None:
+            return
+        active = self._registry.in_state(PartitionState.ACTIVE)
+        if not active:
+            return
+        for entry in active:
+            position = self._consumer.position(entry.topic, entry.partition)
+            if position is not None and (entry.committed_offset is None or position > entry.committed_offset):
+                checkpoint.consumed(entry.topic, entry.partition, position - 1)
+        if not checkpoint.empty:
             self._commit()
 
     def _commit(self, timeout_s: float | None = None) -> None:

@@ -102,7 +102,9 @@ class Harness:
                 return
             if self._thread is not None and not self._thread.is_alive():
                 raise AssertionError(f"engine stopped (exit {self.exit_code}) while waiting for {what}")
-        raise AssertionError(f"timed out after {timeout}s waiting for {what}; runs: {self.runs}\n{self.dump()}")
+        raise AssertionError(
+            f"timed out after {timeout}s waiting for {what}; runs: {self.runs}\n{self.dump()}"
+        )
 
     def dump(self) -> str:
         """What each internal topic holds (uncommitted included), for failure messages."""
