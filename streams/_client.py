@@ -128,5 +128,6 @@ class EventClient:
             producer, self._producer = self._producer, None
         if producer is not None:
             remaining = producer.flush(_FLUSH_TIMEOUT_S)
+            producer.close()
             if remaining:
                 raise DeliveryError(f"{remaining} events still unacknowledged at close")

@@ -23,7 +23,7 @@ from confluent_kafka import OFFSET_INVALID, KafkaException, Message, TopicPartit
 from confluent_kafka import Consumer as _ConfluentConsumer
 from confluent_kafka import KafkaError as ConfluentKafkaError
 
-from processors.kafka.errors import FatalKafkaError, describe, map_error
+from processors.kafka.errors import FatalKafkaError, describe, is_fatal, map_error
 from streams.errors import KafkaError
 
 logger = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ class Consumer:
             raise self._fatal
 
     def _on_error(self, err: ConfluentKafkaError) -> None:
-        if err.fatal():
+        if is_fatal(err):
             self._fatal = self._fatal or FatalKafkaError(
                 f"consumer {self.group_id}: {describe(err)}", code=err.code()
             )
@@ -139,7 +139,7 @@ class Consumer:
                 topic, partition = message.topic(), message.partition()
                 if topic is not None and partition is not None:
                     result.eof.add((topic, partition))
-            elif err.fatal():
+            elif is_fatal(err):
                 raise map_error(err, f"consume ({self.group_id})")
             else:
                 logger.warning(

@@ -54,6 +54,11 @@ class ProducerFencedError(FatalKafkaError):
     """Another producer with the same ``transactional.id`` (a newer instance) fenced this one."""
 
 
+def is_fatal(err: ConfluentKafkaError) -> bool:
+    """Whether librdkafka reports the error as fatal (``fatal()``, or the ``_FATAL`` event code)."""
+    return bool(err.fatal()) or err.code() == ConfluentKafkaError._FATAL
+
+
 def confluent_error(exc: BaseException | ConfluentKafkaError) -> ConfluentKafkaError | None:
     """Returns the ``confluent_kafka.KafkaError`` inside an exception, if it carries one."""
     if isinstance(exc, ConfluentKafkaError):
@@ -83,7 +88,7 @@ def map_error(exc: BaseException | ConfluentKafkaError, context: str) -> KafkaEr
     if err is None:
         return KafkaError(f"{context}: {exc}")
     kind: type[KafkaError]
-    if err.fatal():
+    if is_fatal(err):
         kind = ProducerFencedError if err.code() in _FENCED_CODES else FatalKafkaError
     elif err.retriable():
         kind = RetriableKafkaError

@@ -36,6 +36,7 @@ from processors.kafka.errors import (
     RetriableKafkaError,
     TransactionAbortRequiredError,
     describe,
+    is_fatal,
     map_error,
 )
 from streams._config import producer_defaults
@@ -261,7 +262,7 @@ class Producer:
             self._offsets[key] = offset
 
     def _on_error(self, err: ConfluentKafkaError) -> None:
-        if err.fatal():
+        if is_fatal(err):
             error = map_error(err, "producer")
             self._fail_if_fatal(error)
         elif err.code() in (ConfluentKafkaError._TRANSPORT, ConfluentKafkaError._ALL_BROKERS_DOWN):

@@ -70,10 +70,17 @@ class Harness:
         self._thread.start()
         return self
 
-    def stop(self) -> None:
+    def stop_engine(self) -> None:
+        """Stops the engine cleanly (a worker outage); ``start()`` brings it back with its state."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=60)
+            assert not self._thread.is_alive(), "engine did not stop within 60 s"
+        self._thread = None
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        self.stop_engine()
         self._history.close()
         self._events.close()
         self.app.close()

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from streams import CancelOn, Event, Step, Wait
+from streams import CancelOn, Event, Step, StepError, Wait
 
 pytestmark = pytest.mark.kafka
 
@@ -256,19 +256,100 @@ def test_cancel_on_newer_event_cancels_older_runs_but_never_its_own(harness: Any
 
 
 def test_event_vs_timeout_race_resolves_exactly_once(harness: Any) -> None:
-    resumes: list[tuple[str, Any]] = []
+    """200 runs whose matching event arrives within ±150 ms of their deadline: one resume each."""
+    import random
+
+    resumes: list[tuple[int, Any]] = []
 
     @harness.app.function(id="racer", trigger="race/start")
     async def fn(event: Event, step: Step) -> None:
-        got = await step.wait_for_event("w", event="race/finish", match="data.n", timeout="1s")
+        got = await step.wait_for_event("w", event="race/finish", match="data.n", timeout="2s")
         await step.run("record", lambda: resumes.append((event.data["n"], got and got.id)))
 
     harness.start()
-    n = 30
+    n = 200
     harness.send(*[Event(name="race/start", data={"n": i}) for i in range(n)])
-    harness.wait_for(lambda: len(harness.runs) == n, what="runs started")
-    time.sleep(0.9)
-    harness.send(*[Event(name="race/finish", data={"n": i}, id=f"f{i}") for i in range(n)])
-    harness.wait_ended(n, "racer", timeout=60)
-    time.sleep(1)
+    harness.wait_for(lambda: len(harness.runs) == n, timeout=90, what="runs started")
+    rng = random.Random(7)
+    # A run's wait starts right after its start is recorded; aim each finish at that + 2 s ± 150 ms.
+    plan = sorted(
+        (run["started_ms"] + 2000 + rng.randint(-150, 150), run["trigger_event"].data["n"])
+        for run in harness.runs.values()
+    )
+    for at_ms, i in plan:
+        delay = at_ms / 1000 - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        harness.app.send(Event(name="race/finish", data={"n": i}, id=f"f{i}"))
+    harness.wait_ended(n, "racer", timeout=120)
+    time.sleep(2)  # a second resume, if any, would show up now
     assert sorted(r[0] for r in resumes) == list(range(n))  # each run resumed exactly once
+    assert all(got in (None, f"f{i}") for i, got in resumes)
+    by_event = sum(1 for _, got in resumes if got is not None)
+    print(f"race: {by_event} of {n} resolved by the event, {n - by_event} by the timeout")
+
+
+def test_event_appended_before_the_deadline_wins_even_when_read_after_it(harness: Any) -> None:
+    """Event time decides, not processing order: a worker outage must not turn a purchase into a timeout."""
+    got = _wait_fn(harness, event="cart/purchased", match="data.cart_id", timeout="4s")
+    harness.start()
+    harness.send(Event(name="cart/product.added", data={"cart_id": "outage"}))
+    harness.wait_for(lambda: len(harness.runs) == 1, what="run started")
+    time.sleep(1)  # the run is waiting now
+    harness.stop_engine()
+    harness.send(Event(name="cart/purchased", data={"cart_id": "outage"}, id="paid-in-time"))
+    time.sleep(5)  # the deadline passes while no worker runs
+    harness.start()
+    (run,) = harness.wait_ended(1, "waiter")
+    assert run["status"] == "COMPLETED"
+    assert got == ["paid-in-time"]
+
+
+def test_event_appended_after_the_deadline_loses_to_the_timeout(harness: Any) -> None:
+    got = _wait_fn(harness, event="cart/purchased", match="data.cart_id", timeout="2s")
+    harness.start()
+    harness.send(Event(name="cart/product.added", data={"cart_id": "late"}))
+    harness.wait_for(lambda: len(harness.runs) == 1, what="run started")
+    time.sleep(0.5)
+    harness.stop_engine()
+    time.sleep(3)  # the deadline passes first
+    harness.send(Event(name="cart/purchased", data={"cart_id": "late"}, id="too-late"))
+    harness.start()
+    (run,) = harness.wait_ended(1, "waiter")
+    assert run["output_json"] == "null"
+    assert got == [None]
+
+
+def test_wait_that_is_not_routed_fails_with_how_to_declare_it(harness: Any) -> None:
+    options = {"event": "cart/purchased", "match": "data.cart_id", "timeout": "5s"}
+
+    @harness.app.function(id="hidden", trigger="hidden/go")
+    async def fn(event: Event, step: Step) -> Any:
+        return await step.wait_for_event("w", **options)  # not literal: the scan cannot see it
+
+    harness.start()
+    harness.send(Event(name="hidden/go", data={"cart_id": "z"}))
+    (run,) = harness.wait_ended(1, "hidden")
+    assert run["status"] == "FAILED"
+    assert "waits=[Wait(" in run["error"]
+    assert "cart/purchased" in run["error"]
+
+
+def test_cel_compile_error_fails_the_step_with_the_position(harness: Any) -> None:
+    caught: list[str] = []
+
+    @harness.app.function(id="typo", trigger="typo/go")
+    async def fn(event: Event, step: Step) -> None:
+        try:
+            await step.wait_for_event("w", event="x/y", if_="async.data.n >", timeout="5s")
+        except StepError as err:
+            message = err.error_message
+            await step.run("record", lambda: caught.append(message))
+
+    harness.start()
+    harness.send(Event(name="typo/go", data={}))
+    (run,) = harness.wait_ended(1, "typo")
+    assert run["status"] == "COMPLETED"
+    (message,) = caught
+    assert "async.data.n >" in message
+    assert "line 1, column" in message

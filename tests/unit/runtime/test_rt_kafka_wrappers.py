@@ -34,6 +34,7 @@ def error(code: int, *, fatal: bool = False, retriable: bool = False, abort: boo
         (error(CKafkaError.ILLEGAL_GENERATION, abort=True), TransactionAbortRequiredError),
         (error(CKafkaError._FENCED, fatal=True), ProducerFencedError),
         (error(CKafkaError._STATE, fatal=True), FatalKafkaError),
+        (error(CKafkaError._FATAL), FatalKafkaError),  # the fatal event librdkafka emits
         (error(CKafkaError._STATE), KafkaError),
     ],
 )
@@ -90,6 +91,7 @@ def producer(monkeypatch: pytest.MonkeyPatch) -> tuple[Producer, FakeLibProducer
     wrapped = Producer({"bootstrap.servers": "x"}, transactional_id="ns.p.1")
     lib: FakeLibProducer = wrapped._producer  # type: ignore[assignment]
     assert lib.config["transactional.id"] == "ns.p.1" and lib.config["enable.idempotence"] is True
+    assert lib.config["partitioner"] == "murmur2_random"
     wrapped.init()
     return wrapped, lib
 

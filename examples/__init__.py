@@ -1,0 +1,1 @@
+"""Runnable examples: ``streams worker examples.<name>:app`` (see ``examples/README.md``)."""
