@@ -19,5 +19,5 @@ def namespace_from_env(namespace: str | None) -> str:
 
 
 def timeout_from_env(default: Duration) -> Duration:
-    """The example's main timeout: ``EXAMPLE_TIMEOUT`` (e.g. ``30s``, to try a timeout path) or the default."""
+    """The main timeout of an example: ``EXAMPLE_TIMEOUT`` (e.g. ``30s``) if set, else ``default``."""
     return os.environ.get("EXAMPLE_TIMEOUT") or default

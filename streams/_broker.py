@@ -53,7 +53,8 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
-#: Kafka release the local broker runs. 4.4.0 is not on Maven Central yet; bumping this moves the
+#: Kafka release the local broker runs. 4.4.0 does not resolve (its kafka-tools-api is missing);
+#: bumping this moves the
 #: install into a new cache folder.
 KAFKA_VERSION = "4.3.1"
 SCALA_VERSION = "2.13"
