@@ -155,12 +155,18 @@ def worker(
     from processors.engine import Engine, EngineSettings
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    role_list = tuple(role.strip() for role in roles.split(",") if role.strip())
+    if mode == "processes" and len(role_list) > 1:
+        from processors.supervisor import run_role_processes
+
+        # Each role builds its own engine in its own interpreter: Kafka clients and thread pools
+        # do not survive fork, and user functions need not be picklable.
+        argv = ["--state-dir", state_dir] if state_dir else []
+        argv += ["--max-concurrent-steps", str(max_concurrent_steps), "--log-level", log_level]
+        sys.exit(run_role_processes(app_spec, role_list, argv))
     app = _load_app(app_spec)
-    settings = EngineSettings(
-        roles=tuple(role.strip() for role in roles.split(",") if role.strip()),
-        max_concurrent_steps=max_concurrent_steps,
-    )
-    sys.exit(Engine(app, settings).run(state_dir=state_dir, mode=mode))  # type: ignore[arg-type]
+    settings = EngineSettings(roles=role_list, max_concurrent_steps=max_concurrent_steps)
+    sys.exit(Engine(app, settings).run(state_dir=state_dir))
 
 
 @main.group()

@@ -77,23 +77,43 @@ def test_cli_send_puts_an_event_on_the_topic(streams_config: StreamsConfig) -> N
         app.create_topics()
     result = subprocess.run(
         [
-            sys.executable, "-m", "streams", "-n", streams_config.namespace,
-            "-b", str(streams_config.bootstrap_servers),
-            "send", "app/account.created", json.dumps({"user_id": 7}), "--id", "evt-cli-1",
+            sys.executable,
+            "-m",
+            "streams",
+            "-n",
+            streams_config.namespace,
+            "-b",
+            str(streams_config.bootstrap_servers),
+            "send",
+            "app/account.created",
+            json.dumps({"user_id": 7}),
+            "--id",
+            "evt-cli-1",
         ],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "evt-cli-1"
     ((key, value),) = _consume(streams_config, 1)
     event = EventCodec.from_config(streams_config).decode(value)
-    assert (key, event.name, event.data, event.id) == (b"evt-cli-1", "app/account.created", {"user_id": 7}, "evt-cli-1")
+    assert (key, event.name, event.data, event.id) == (
+        b"evt-cli-1",
+        "app/account.created",
+        {"user_id": 7},
+        "evt-cli-1",
+    )
 
 
 def test_cli_reports_bad_json_clearly(streams_config: StreamsConfig) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "streams", "-n", streams_config.namespace, "send", "a/b", "{nope"],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 2
     assert "not JSON" in result.stderr

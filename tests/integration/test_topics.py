@@ -48,5 +48,5 @@ def test_mismatched_cleanup_policy_is_rejected(streams_config: StreamsConfig) ->
 
     name = streams_config.topic("correlations")
     admin.create_topics([NewTopic(name, 1, 1, config={"cleanup.policy": "delete"})])[name].result(30)
-    with pytest.raises(TopicMismatchError, match="cleanup.policy=delete but must be compact"):
+    with pytest.raises(TopicMismatchError, match=r"cleanup\.policy=delete but must be compact"):
         create_topics(streams_config)
