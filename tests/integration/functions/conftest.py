@@ -113,6 +113,29 @@ class Harness:
             f"timed out after {timeout}s waiting for {what}; runs: {self.runs}\n{self.dump()}"
         )
 
+    def wait_commands(self, timeout: float = 5.0) -> list[tuple[str, dict[str, Any]]]:
+        """Every command on the ``waits`` topic so far (committed), decoded: ``(kind, fields)``."""
+        from processors.records import WAIT_COMMAND, body
+
+        consumer = Consumer(
+            {
+                **self.config.client_config(),
+                "group.id": f"{self.config.namespace}.test-waits-{time.monotonic_ns()}",
+                "auto.offset.reset": "earliest",
+                "isolation.level": "read_committed",
+            }
+        )
+        consumer.subscribe([self.config.topic("waits")])
+        out = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            batch = [m for m in consumer.consume(1000, timeout=0.5) if m.error() is None]
+            out += [body(CODEC.decode(WAIT_COMMAND, m.value())) for m in batch]
+            if not batch and out:
+                break
+        consumer.close()
+        return out
+
     def dump(self) -> str:
         """What each internal topic holds (uncommitted included), for failure messages."""
         lines = []

@@ -200,8 +200,15 @@ def test_wait_for_any_returns_the_first_and_cancels_the_other(harness: Any) -> N
     harness.wait_for(lambda: len(harness.runs) == 1, what="run started")
     time.sleep(0.5)
     harness.send(Event(name="review/rejected", data={"id": "d1"}, id="no"))
-    harness.wait_ended(1, "review")
+    (run,) = harness.wait_ended(1, "review")
     assert got == [((1, "no"), None)]
+    # The losing wait was removed from the matcher (and the run's waits are gone when it ends).
+    cancelled = {
+        f["wait_id"]
+        for kind, f in harness.wait_commands()
+        if kind == "CancelWait" and f["run_id"] == run["run_id"]
+    }
+    assert "decision#0" in cancelled
 
 
 def test_wait_for_all_collects_every_event(harness: Any) -> None:
