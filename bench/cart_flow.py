@@ -557,6 +557,76 @@ def paced(schedule: list[tuple[float, str, bytes, bytes]], producer: Producer, t
     return sent
 
 
+def read_topic(config: StreamsConfig, name: str) -> list[Any]:
+    """Every committed record of a topic, from the beginning to its end now."""
+    topic = config.topic(name)
+    consumer = Consumer(
+        {
+            **config.client_config(),
+            "group.id": f"{config.namespace}.bench-read-{name}",
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
+    )
+    partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+    out: list[Any] = []
+    at_end: set[int] = set()
+    deadline = time.monotonic() + 60
+    while len(at_end) < len(partitions) and time.monotonic() < deadline:
+        for message in consumer.consume(1000, 0.5):
+            error = message.error()
+            if error is None:
+                out.append(message)
+                at_end.discard(message.partition())
+            elif error.code() == -191:  # _PARTITION_EOF
+                at_end.add(message.partition())
+    consumer.close()
+    return out
+
+
+def stage_breakdown(session: Session, carts: list[str], sent: dict[str, float]) -> dict[str, Any]:
+    """Where the resume latency goes, from the timestamps of the records each hop wrote.
+
+    ``events`` has LogAppendTime (broker clock); ``waits`` and ``runs`` records carry the producing
+    processor's create time (taken at ``produce()``, before its transaction commits).
+    """
+    from processors.records import RUN_COMMAND, WAIT_COMMAND
+
+    config = session.config
+    wanted = set(carts)
+    appended: dict[str, float] = {}
+    for message in read_topic(config, "events"):
+        event = CODEC_JSON.decode(message.value())
+        cart = event.data.get("cart_id")
+        if event.name == "cart/purchased" and cart in wanted:
+            appended[cart] = message.timestamp()[1] / 1000
+    routed: dict[str, float] = {}
+    for message in read_topic(config, "waits"):
+        kind, fields = CODEC.decode(WAIT_COMMAND, message.value())["body"]
+        if kind.endswith("CorrelatedEvent"):
+            cart = json.loads(fields["event"]["data"]).get("cart_id")
+            if cart in wanted:
+                routed[cart] = message.timestamp()[1] / 1000
+    resolved: dict[str, float] = {}
+    for message in read_topic(config, "runs"):
+        kind, fields = CODEC.decode(RUN_COMMAND, message.value())["body"]
+        if kind.endswith("WaitResolved") and fields["event"] is not None:
+            cart = json.loads(fields["event"]["data"]).get("cart_id")
+            if cart in wanted:
+                resolved[cart] = message.timestamp()[1] / 1000
+    steps = step_times(session.worker)
+    complete = [c for c in carts if c in appended and c in routed and c in resolved and c in steps]
+    hops = {
+        "1_driver_produce_to_events_append": [appended[c] - sent[f"p:{c}"] for c in complete],
+        "2_events_append_to_router_produce": [routed[c] - appended[c] for c in complete],
+        "3_router_produce_to_matcher_produce": [resolved[c] - routed[c] for c in complete],
+        "4_matcher_produce_to_step_start": [steps[c][1] - resolved[c] for c in complete],
+    }
+    return {name: summary_ms(values, (50, 99)) for name, values in hops.items()}
+
+
 def run_latency(session: Session, args: argparse.Namespace) -> dict[str, Any]:
     rate, seconds, delay = args.rate, args.seconds, 0.5
     n = int(rate * seconds)
@@ -574,7 +644,9 @@ def run_latency(session: Session, args: argparse.Namespace) -> dict[str, Any]:
     steps = step_times(session.worker)
     latencies = [steps[c][1] - sent[f"p:{c}"] for c in carts]
     outcomes = [steps[c][0] for c in carts]
+    breakdown = stage_breakdown(session, carts, sent)
     return {
+        "breakdown_ms": breakdown,
         "rate_per_s": rate,
         "seconds": seconds,
         "flows": n,
@@ -614,7 +686,7 @@ def load_pending_timers(session: Session, count: int) -> dict[str, Any]:
     ends = {p: group.get_watermark_offsets(TopicPartition(topic, p), 10)[1] for p in partitions}
     while True:
         committed = {tp.partition: tp.offset for tp in group.committed(tps, 10)}
-        if all(committed.get(p, -1) >= ends[p] for p in partitions):
+        if all(ends[p] == 0 or committed.get(p, -1) >= ends[p] for p in partitions):
             break
         if not session.worker.alive():
             raise RuntimeError("the worker exited while loading timers")

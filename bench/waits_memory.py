@@ -46,10 +46,12 @@ MIB = 1024 * 1024
 GIB = 1024 * MIB
 
 
-def dir_bytes(path: Path) -> int:
+def dir_bytes(path: Path, suffix: str = "") -> int:
     total = 0
     for root, _, files in os.walk(path):
         for name in files:
+            if not name.endswith(suffix):
+                continue
             try:
                 total += (Path(root) / name).stat().st_size
             except OSError:
@@ -95,7 +97,7 @@ class Committed:
         }
         while time.monotonic() - started < timeout_s:
             committed = {tp.partition: tp.offset for tp in self.consumer.committed(self.tps, 10)}
-            if all(committed.get(p, -1) >= end for p, end in ends.items()):
+            if all(end == 0 or committed.get(p, -1) >= end for p, end in ends.items()):
                 return time.monotonic() - started
             if not worker.alive():
                 raise RuntimeError("the matcher worker exited")
@@ -169,7 +171,7 @@ def main() -> int:
             assert sample is not None and cpu_before is not None and cpu_after is not None
             kafka_logs = work / "kafka" / "kraft-logs"
             changelog = sum(
-                dir_bytes(d) for d in kafka_logs.glob(f"{namespace}.matcher-*changelog*")
+                dir_bytes(d, ".log") for d in kafka_logs.glob(f"{namespace}.matcher-*changelog*")
             ) if kafka_logs.exists() else None
             sst = sum(1 for _ in worker.state_dir.rglob("*.sst"))
             rss = sample["rss_mib"] * MIB

@@ -773,8 +773,10 @@ def _conjuncts(tokens: list[_Token]) -> list[list[_Token]]:
                 depth += 1
             elif token.text in ")]}":
                 depth -= 1
-            elif depth == 0 and token.text in ("||", "?"):
-                return [tokens]  # a disjunction or a conditional: no conjunct holds on its own
+            elif depth == 0 and token.text in ("||", "?", ":"):
+                # A disjunction or a conditional: no equality inside holds on its own. (``==`` binds
+                # tighter than ``||``, so ``a == "x" || true`` is ``(a == "x") || true``.)
+                return []
             elif depth == 0 and token.text == "&&":
                 pieces.append([])
                 continue

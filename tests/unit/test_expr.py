@@ -416,3 +416,17 @@ def test_equality_key_restricted_to_path() -> None:
     src = 'async.data.a == 1 && async.data.b == "x"'
     assert equality_key(src, path="data.b") == ("data.b", "x")
     assert equality_key(src, path="data.c") is None
+
+
+@pytest.mark.parametrize(
+    "src",
+    [
+        'async.data.x == "a" || true',
+        '(async.data.x == "a" || true) && async.data.y > 1',
+        "async.data.b ? async.data.x == 1 : false",
+    ],
+)
+def test_no_equality_key_under_a_disjunction_or_conditional(src: str) -> None:
+    # ``==`` binds tighter than ``||``: the equality does not have to hold for a match.
+    assert equality_path(src) is None
+    assert equality_key(src) is None

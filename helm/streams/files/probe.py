@@ -19,11 +19,13 @@ import sys
 
 
 def fail(reason: str) -> None:
+    """Prints why the probe fails and exits 1."""
     print(reason)
     sys.exit(1)
 
 
 def check_live() -> None:
+    """Fails unless PID 1 (the worker) is running or sleeping."""
     try:
         with open("/proc/1/stat") as f:
             state = f.read().rsplit(")", 1)[1].split()[0]
@@ -34,6 +36,7 @@ def check_live() -> None:
 
 
 def held_flock_inodes() -> set[int]:
+    """Inodes of the files flock-ed by processes of this container."""
     # /proc/locks lists only the locks of processes in this container's PID namespace, that is the
     # worker and its child processes. "->" marks a process waiting for a lock, not holding it.
     inodes = set()
@@ -46,6 +49,7 @@ def held_flock_inodes() -> set[int]:
 
 
 def check_ready() -> None:
+    """Fails unless every processor of this pod holds its state directory lock."""
     check_live()
     state_dir = os.environ.get("STREAMS_STATE_DIR", "/var/lib/streams")
     namespace = os.environ.get("STREAMS_NAMESPACE", "")

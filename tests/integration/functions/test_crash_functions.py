@@ -330,6 +330,16 @@ def wait_until(
     return False
 
 
+def wait_ready(worker: Worker, timeout: float = 60.0) -> None:
+    """Until all four processor loops run (and SIGTERM stops the worker cleanly)."""
+
+    def ready() -> bool:
+        text = worker.log.read_text(errors="replace")
+        return all(f"{role}: started (" in text for role in ("router", "matcher", "executor", "timers"))
+
+    assert wait_until(ready, timeout, "the worker's loops", worker), f"worker not ready; see {worker.log}"
+
+
 # -- evidence ---------------------------------------------------------------------------------------
 
 
@@ -468,6 +478,11 @@ def _completed_outputs(entries: list[dict[str, Any]], function_id: str) -> dict[
     }
 
 
+def _require(ok: bool, config: StreamsConfig, workers: Workers, what: str) -> None:
+    if not ok:
+        _fail_with_evidence(config, workers, [what], "stuck")
+
+
 def _fail_with_evidence(config: StreamsConfig, workers: Workers, problems: list[str], summary: str) -> None:
     if problems:
         text = "\n".join(problems[:60])
@@ -516,6 +531,7 @@ def _kill_between_and_during_steps(
         for n_ in chunks[len(plan)]:
             app.send(Event(name=crash_app.STEPS_TRIGGER, data={"n": n_}, id=f"start-{n_}"))
         final = workers.start(wipe="stores")
+        wait_ready(final)
         if not wait_until(lambda: progress.poll() >= runs, 150, f"{runs} completed runs", final):
             _fail_with_evidence(config, workers, [f"only {progress.poll()} of {runs} runs ended"], "stuck")
         assert workers.stop(final) == 0, f"see {final.log}"
@@ -597,9 +613,12 @@ def test_kill_9_between_and_during_steps_long(streams_config: StreamsConfig, tmp
 # -- test 2: kill -9 while waits are pending ----------------------------------------------------------
 
 
-def _kill_while_waits_pending(config: StreamsConfig, tmp_path: Path, *, runs: int, timeout_s: float) -> None:
+def _kill_while_waits_pending(
+    config: StreamsConfig, tmp_path: Path, *, runs: int, timeout_s: float, extra_kills: int = 0
+) -> None:
     """Phases: waits registered → kill; matching events sent while no worker runs → restart, kill
-    while they resolve; restart with wiped stores, kill while timeouts fire; restart and finish."""
+    while they resolve; (``extra_kills`` times: restart, kill at a random moment, while no timeout is
+    due yet); restart with wiped stores, kill while timeouts fire; late events; restart and finish."""
     workers = Workers(config, tmp_path, env={"CRASH_APP_WAIT_TIMEOUT": f"{int(timeout_s)}s"})
     app = App(config.namespace, config)
     app.create_topics()
@@ -642,23 +661,35 @@ def _kill_while_waits_pending(config: StreamsConfig, tmp_path: Path, *, runs: in
 
         w1 = workers.start()
         # kill 2: while the matched runs resume (an "after" step runs), the rest still pending
-        wait_until(lambda: bool(_executions_of(workers.effects, w1.pid, "after")), 60, "a resumed run", w1)
+        resumed = lambda: bool(_executions_of(workers.effects, w1.pid, "after"))  # noqa: E731
+        _require(wait_until(resumed, 60, "a resumed run", w1), config, workers, "no run resumed")
         time.sleep(random.uniform(0, 0.3))
         workers.kill(w1)
         resumed_before_kill = len(_executions_of(workers.effects, w1.pid, "after"))
+        kills = 2
+        for _ in range(extra_kills):
+            if time.time() * 1000 > min(deadlines.values()) - 4000:
+                break
+            worker = workers.start(wipe=random.choice([None, None, "stores"]))
+            wait_ready(worker)
+            time.sleep(random.uniform(0.2, 1.5))
+            workers.kill(worker)
+            kills += 1
 
         w2 = workers.start(wipe="stores")
-        # Past every deadline: these come too late, the timeout must win.
-        wait_until(lambda: time.time() * 1000 > max(deadlines.values()) + 200, 60, "the deadlines", w2)
-        app.send([Event(name=crash_app.PAID, data={"order": f"o{n}"}, id=f"late-{n}") for n in late])
-        # kill 3: while timed-out runs resume
-        wait_until(
-            lambda: bool(_executions_of(workers.effects, w2.pid, "after", None)), 60, "a timed-out run", w2
-        )
+        # kill 3: as the first timeouts fire (their runs resume), most waits still pending
+        timed_out = lambda: bool(_executions_of(workers.effects, w2.pid, "after", None))  # noqa: E731
+        _require(wait_until(timed_out, 60, "a timed-out run", w2), config, workers, "no wait timed out")
         time.sleep(random.uniform(0, 0.3))
         workers.kill(w2)
+        kills += 1
+        # While no worker runs and past every deadline: events that come too late, the timeout must win
+        # (the next worker's router may route them to a wait before its timer fires).
+        wait_until(lambda: time.time() * 1000 > max(deadlines.values()) + 200, 60, "the deadlines")
+        app.send([Event(name=crash_app.PAID, data={"order": f"o{n}"}, id=f"late-{n}") for n in late])
 
         final = workers.start()
+        wait_ready(final)
         if not wait_until(lambda: progress.poll() >= runs, 120, f"{runs} ended runs", final):
             _fail_with_evidence(config, workers, [f"only {progress.poll()} of {runs} runs ended"], "stuck")
         assert workers.stop(final) == 0, f"see {final.log}"
@@ -702,7 +733,7 @@ def _kill_while_waits_pending(config: StreamsConfig, tmp_path: Path, *, runs: in
         problems += _check_finished_events(config, n_of_run)
         after = [e for e in read_effects(workers.effects).values() if e.step == "after"]
         summary = (
-            f"{runs} runs ({len(paid)} matched), 3 kills while waits were pending, {resumed_before_kill} "
+            f"{runs} runs ({len(paid)} matched), {kills} kills while waits were pending, {resumed_before_kill} "
             f"resumed before kill 2, {len(after) - runs} re-executed after-steps, {elapsed:.1f}s"
         )
         _fail_with_evidence(config, workers, problems, summary)
@@ -719,4 +750,4 @@ def test_kill_9_while_waits_are_pending(streams_config: StreamsConfig, tmp_path:
 
 @pytest.mark.slow
 def test_kill_9_while_waits_are_pending_long(streams_config: StreamsConfig, tmp_path: Path) -> None:
-    _kill_while_waits_pending(streams_config, tmp_path, runs=300, timeout_s=15)
+    _kill_while_waits_pending(streams_config, tmp_path, runs=300, timeout_s=20, extra_kills=3)
