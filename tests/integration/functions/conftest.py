@@ -170,9 +170,14 @@ class Harness:
         )
         return self.ended(function_id)
 
-    def system_events(self, name: str) -> list[Event]:
-        self._drain()
-        return [event for event in self.events if event.name == name]
+    def system_events(self, name: str, count: int = 1, timeout: float = 30.0) -> list[Event]:
+        """System events of ``name`` seen so far, waiting until at least ``count`` arrived."""
+
+        def matching() -> list[Event]:
+            return [event for event in self.events if event.name == name]
+
+        self.wait_for(lambda: len(matching()) >= count, timeout, f"{count} {name} events")
+        return matching()
 
 
 import pytest  # noqa: E402

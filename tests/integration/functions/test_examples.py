@@ -255,7 +255,7 @@ def test_cart_abandonment_sends_one_reminder_per_cart(harness: Any) -> None:
         "c2-add": "COMPLETED",
     }
     assert sorted(reminders.calls) == [("a@example.com", "c1"), ("b@example.com", "c2")]
-    assert len(harness.system_events("streams/function.cancelled")) == 2
+    assert len(harness.system_events("streams/function.cancelled", count=2)) == 2
 
 
 # --------------------------------------------------------------------------------------------------

@@ -259,7 +259,7 @@ def test_cancel_on_newer_event_cancels_older_runs_but_never_its_own(harness: Any
     statuses = sorted(run["status"] for run in ended)
     assert statuses == ["CANCELLED", "CANCELLED", "COMPLETED"]
     assert reminders == ["add-2"]
-    assert len(harness.system_events("streams/function.cancelled")) == 2
+    assert len(harness.system_events("streams/function.cancelled", count=2)) == 2
 
 
 def test_event_vs_timeout_race_resolves_exactly_once(harness: Any) -> None:
