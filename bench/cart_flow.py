@@ -272,16 +272,17 @@ class Worker:
         return self
 
     def processes(self) -> dict[str, int]:
-        """Name → pid of every worker process (children of ``--mode processes`` included)."""
+        """Name → pid of every worker process (the role children of ``--mode processes`` included)."""
         out: dict[str, int] = {}
         for i, proc in enumerate(self.procs):
             name = f"worker:{self.roles[i]}" if self.mode == "split" else "worker"
             out[name] = proc.pid
             for child in descendants(proc.pid):
-                line = cmdline(child)
-                if "py-spy" in line:
+                words = cmdline(child).split()
+                if "py-spy" in " ".join(words[:1]) or "streams" not in words:
                     continue
-                out[f"{name}/child{child}"] = child
+                role = words[words.index("--processors") + 1] if "--processors" in words else str(child)
+                out[f"{name}/{role}"] = child
         return out
 
     def alive(self) -> bool:
@@ -491,6 +492,31 @@ class Session:
 # -- modes ----------------------------------------------------------------------------------------------
 
 
+def log_ends(config: StreamsConfig) -> dict[str, int]:
+    """Sum of high watermarks (records and transaction markers) per topic of the namespace."""
+    consumer = Consumer({**config.client_config(), "group.id": f"{config.namespace}.bench-offsets"})
+    try:
+        topics = consumer.list_topics(timeout=30).topics
+        out: dict[str, int] = {}
+        for name, metadata in topics.items():
+            if not name.startswith(config.namespace + "."):
+                continue
+            short = name[len(config.namespace) + 1 :]
+            out[short] = sum(
+                consumer.get_watermark_offsets(TopicPartition(name, p), 10)[1] for p in metadata.partitions
+            )
+        return out
+    finally:
+        consumer.close()
+
+
+def appended_per_flow(before: dict[str, int], after: dict[str, int], flows: int) -> dict[str, float]:
+    out = {t: round((after.get(t, 0) - before.get(t, 0)) / flows, 2) for t in sorted(after)}
+    out = {t: v for t, v in out.items() if v}
+    out["total"] = round(sum(out.values()), 2)
+    return out
+
+
 def run_throughput(session: Session, args: argparse.Namespace, run: int) -> dict[str, Any]:
     n = args.flows
     tag = f"t{run}-"
@@ -498,6 +524,7 @@ def run_throughput(session: Session, args: argparse.Namespace, run: int) -> dict
     triggers = [(trigger(c), c.encode()) for c in carts]
     purchases = [(purchase(c), c.encode()) for c in carts]
     producer = make_producer(session.config, args.linger_ms)
+    ends_before = log_ends(session.config)
     load_before = loadavg()
     session.meter.begin()
     if args.profile:
@@ -518,6 +545,8 @@ def run_throughput(session: Session, args: argparse.Namespace, run: int) -> dict
     if args.profile:
         session.stop_profiling()
     usage = session.meter.end()
+    time.sleep(1.5)  # idle loops commit past their last markers
+    appended = appended_per_flow(ends_before, log_ends(session.config), n)
     steps = step_times(session.worker)
     outcomes = [steps[c][0] for c in carts if c in steps]
     elapsed = t_end - t0
@@ -535,6 +564,7 @@ def run_throughput(session: Session, args: argparse.Namespace, run: int) -> dict
         "purchased": outcomes.count("purchased"),
         "timed_out": outcomes.count("timeout"),
         "statuses": sorted({session.completions.status[c] for c in carts}),
+        "log_appends_per_flow": appended,
         "load_before": load_before,
         "load_after": loadavg(),
         "usage": usage,

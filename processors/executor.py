@@ -305,30 +305,21 @@ class ExecutorProcessor(Processor[dict[str, Any]]):
     def _apply_step_completed(
         self, run_id: str, function_id: str, fields: dict[str, Any], ctx: Context, now_ms: int
     ) -> None:
-        self._dispatcher.forget(run_id, fields["step_id"])
-        run = self._load(run_id, ctx, now_ms)
-        if run is None or run.header["status"] != "RUNNING":
+        accepted = self._accept_report(run_id, fields, ctx, now_ms)
+        if accepted is None:
             return
-        rec = self._step(run, fields["step_id"])
-        if rec is None or rec["status"] != "PENDING" or rec["attempt"] != fields["attempt"]:
-            return  # a duplicate or stale report: the first applied one is the memoized result
-        run.store.delete(_step_key(b"q", run_id, rec["step_id"]))
+        run, rec = accepted
         self._complete(run, rec, fields["output_json"])
         self._advance(run)
 
     def _apply_step_failed(
         self, run_id: str, function_id: str, fields: dict[str, Any], ctx: Context, now_ms: int
     ) -> None:
-        self._dispatcher.forget(run_id, fields["step_id"])
-        run = self._load(run_id, ctx, now_ms)
-        if run is None or run.header["status"] != "RUNNING":
+        accepted = self._accept_report(run_id, fields, ctx, now_ms)
+        if accepted is None:
             return
-        rec = self._step(run, fields["step_id"])
-        if rec is None or rec["status"] != "PENDING" or rec["attempt"] != fields["attempt"]:
-            return
-        step_id = rec["step_id"]
-        run.store.delete(_step_key(b"q", run_id, step_id))
-        attempt = rec["attempt"]
+        run, rec = accepted
+        step_id, attempt = rec["step_id"], rec["attempt"]
         if fields["retriable"] and attempt < run.function.retries:
             retry_at = fields["retry_at_ms"]
             if retry_at is None:
@@ -353,6 +344,29 @@ class ExecutorProcessor(Processor[dict[str, Any]]):
         )
         self._put_step(run, rec)
         self._advance(run)
+
+    def _accept_report(
+        self, run_id: str, fields: dict[str, Any], ctx: Context, now_ms: int
+    ) -> tuple[_Run, dict[str, Any]] | None:
+        """The run and step a ``step.run`` report applies to, or ``None`` for a report to ignore.
+
+        A report of the step's current attempt ends that execution here. A duplicate report, or
+        one for a step or run that no longer waits, is ignored (the first applied report is the
+        memoized result). A report of an *earlier* attempt (from a process that died before its
+        report was read) is ignored without forgetting the step: the current attempt may still be
+        running in this process, and recovery must not start it a second time.
+        """
+        step_id = fields["step_id"]
+        run = self._load(run_id, ctx, now_ms)
+        rec = None if run is None or run.header["status"] != "RUNNING" else self._step(run, step_id)
+        if run is None or rec is None or rec["status"] != "PENDING":
+            self._dispatcher.forget(run_id, step_id)
+            return None
+        if rec["attempt"] != fields["attempt"]:
+            return None
+        self._dispatcher.forget(run_id, step_id)
+        run.store.delete(_step_key(b"q", run_id, step_id))
+        return run, rec
 
     def _apply_wait_resolved(
         self, run_id: str, function_id: str, fields: dict[str, Any], ctx: Context, now_ms: int

@@ -419,13 +419,14 @@ def _check_executions(
                 for r in reported[n, step]
             )
             for execution in runs_of_step:
-                if execution.start * 1000 > first.ts_ms:
+                if execution.token == token:
+                    continue
+                # Whole milliseconds, like the report's timestamp (CreateTime, same host clock).
+                if int(execution.start * 1000) > first.ts_ms:
                     problems.append(
                         f"run {n} step {step}: execution {execution.token} (pid {execution.pid}) started "
                         f"{execution.start * 1000 - first.ts_ms:.0f} ms after the winning report was produced"
                     )
-                if execution.token == token:
-                    continue
                 died = deaths.get(execution.pid)
                 if execution.outcome == "F":
                     # Reported as StepFailed once, or not at all when a kill came before the report.
@@ -518,9 +519,10 @@ def _kill_between_and_during_steps(
                     continue
                 death = "random"  # the hook did not fire in time: kill it now
             # Alive and working: it has started a step (there is always work: a chunk was just sent).
-            wait_until(
+            working = wait_until(
                 lambda w=worker: bool(_executions_of(workers.effects, w.pid)), 60, "a first step", worker
             )
+            _require(working, config, workers, f"worker {worker.pid} ran no step in 60 s")
             if death == "step":
                 time.sleep(rng.uniform(0.1, 1.0))
                 wait_until(lambda w=worker: open_execution(workers.effects, w.pid) is not None, 30, "a step")
