@@ -17,7 +17,9 @@ Modes (``--modes``, any of):
   step's start wall time − the wall time just before the purchase's ``produce()`` call.
 - ``timeout``: 500 flows with ``data.timeout = "5s"`` and no purchase, paced at 100/s. Lateness =
   the ``record`` step's start − (the trigger's ``produce()`` time + 5 s). ``--pending-timers N``
-  first loads N far-future timers into the timers processor (1M: "with 1M timers pending").
+  first loads N far-future timers into the timers processor (1M: "with 1M timers pending");
+  ``--background-rate R`` sends R unrelated events/s meanwhile (a live ``events`` topic, so the
+  deadline gate never needs its wall-clock grace).
 
 Every mode gets a fresh namespace and a fresh worker, after a warm-up of 20 flows. CPU seconds
 (utime + stime from ``/proc/<pid>/stat``, over the measured phase) and peak RSS (``VmHWM``) are
@@ -466,7 +468,7 @@ class Session:
             out = directory / f"{tag}-{name.replace('/', '-').replace(':', '-')}.txt"
             self.profilers.append(
                 subprocess.Popen(
-                    [py_spy, "record", "--pid", str(pid), "--rate", "200", "--format", "raw", "--threads",
+                    [py_spy, "record", "--pid", str(pid), "--rate", "100", "--format", "raw", "--threads",
                      "--nonblocking", "--output", str(out)],
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
@@ -666,11 +668,14 @@ def run_latency(session: Session, args: argparse.Namespace) -> dict[str, Any]:
         schedule.append((i / rate, f"t:{cart}", trigger(cart), cart.encode()))
         schedule.append((i / rate + delay, f"p:{cart}", purchase(cart), cart.encode()))
     producer = make_producer(session.config, 0)
+    ends_before = log_ends(session.config)
     load_before = loadavg()
     session.meter.begin()
     sent = paced(schedule, producer, session.events)
     session.completions.wait(carts, args.timeout_s, session.worker.alive)
     usage = session.meter.end()
+    time.sleep(1.5)
+    appended = appended_per_flow(ends_before, log_ends(session.config), n)
     steps = step_times(session.worker)
     latencies = [steps[c][1] - sent[f"p:{c}"] for c in carts]
     outcomes = [steps[c][0] for c in carts]
@@ -682,6 +687,7 @@ def run_latency(session: Session, args: argparse.Namespace) -> dict[str, Any]:
         "flows": n,
         "purchase_delay_s": delay,
         "resume_latency_ms": summary_ms(latencies),
+        "log_appends_per_flow": appended,
         "purchased": outcomes.count("purchased"),
         "timed_out": outcomes.count("timeout"),
         "load_before": load_before,
@@ -725,6 +731,39 @@ def load_pending_timers(session: Session, count: int) -> dict[str, Any]:
     return {"pending_timers": count, "produce_s": round(produced, 1), "consumed_s": round(time.monotonic() - started, 1)}
 
 
+class Background:
+    """Unrelated events (``bench/noise``, no function, not correlated) at a steady rate on a thread.
+
+    They keep every ``events`` partition receiving appends after each wait's deadline, which is
+    what lets the deadline gate pass a deadline without its wall-clock grace (see ``docs/timers.md``).
+    """
+
+    def __init__(self, session: Session, rate: float) -> None:
+        self._stop = threading.Event()
+        self._producer = make_producer(session.config, 0)
+        self._topic = session.events
+        self._rate = rate
+        self._thread = threading.Thread(target=self._run, name="background-events", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        i = 0
+        began = time.monotonic()
+        while not self._stop.is_set():
+            delay = began + i / self._rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            value = CODEC_JSON.encode_json(Event(name="bench/noise", data={"i": i}))
+            produce(self._producer, self._topic, value, f"noise-{i}".encode())
+            self._producer.poll(0)
+            i += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._producer.flush(10)
+
+
 def run_timeout(session: Session, args: argparse.Namespace) -> dict[str, Any]:
     loaded = load_pending_timers(session, args.pending_timers) if args.pending_timers else {"pending_timers": 0}
     if args.pending_timers:
@@ -733,16 +772,20 @@ def run_timeout(session: Session, args: argparse.Namespace) -> dict[str, Any]:
     carts = [f"x-{i}" for i in range(n)]
     schedule = [(i / rate, f"t:{c}", trigger(c, timeout="5s"), c.encode()) for i, c in enumerate(carts)]
     producer = make_producer(session.config, 0)
+    background = Background(session, args.background_rate) if args.background_rate else None
     load_before = loadavg()
     session.meter.begin()
     sent = paced(schedule, producer, session.events)
     session.completions.wait(carts, args.timeout_s + 10, session.worker.alive)
     usage = session.meter.end()
+    if background is not None:
+        background.stop()
     steps = step_times(session.worker)
     lateness = [steps[c][1] - (sent[f"t:{c}"] + timeout) for c in carts]
     outcomes = [steps[c][0] for c in carts]
     return {
         **loaded,
+        "background_events_per_s": args.background_rate,
         "flows": n,
         "rate_per_s": rate,
         "timeout_s": timeout,
@@ -769,6 +812,9 @@ def main() -> int:
     parser.add_argument("--timeout-flows", type=int, default=500)
     parser.add_argument("--timeout-rate", type=float, default=100.0)
     parser.add_argument("--pending-timers", type=int, default=0)
+    parser.add_argument(
+        "--background-rate", type=float, default=0.0, help="timeout mode: unrelated events/s during the run"
+    )
     parser.add_argument("--timeout-s", type=float, default=600.0, help="give up waiting for completions")
     parser.add_argument("--profile", type=Path, help="py-spy the worker during throughput runs")
     parser.add_argument("--work-dir", type=Path, help="keep data here (default: a temporary directory)")

@@ -209,8 +209,8 @@ class ExecutorProcessor(Processor[dict[str, Any]]):
     def _apply_cancel_run(
         self, run_id: str, function_id: str, fields: dict[str, Any], ctx: Context, now_ms: int
     ) -> None:
-        run = self._load(run_id, ctx, now_ms)
-        if run is None or run.header["status"] != "RUNNING":
+        run = self._load_running(run_id, ctx, now_ms)
+        if run is None:
             return
         run.header["cancel_reason"] = fields["reason"]
         self._finish(run, "CANCELLED", error=fields["reason"])
@@ -235,8 +235,8 @@ class ExecutorProcessor(Processor[dict[str, Any]]):
             if not self._dispatcher.is_running(rid, sid):
                 by_run.setdefault(rid, set()).add(sid)
         for rid, step_ids in sorted(by_run.items()):
-            run = self._load(rid, ctx, now_ms)
-            if run is None or run.header["status"] != "RUNNING":
+            run = self._load_running(rid, ctx, now_ms)
+            if run is None:
                 continue
             logger.info("re-dispatching interrupted steps %s of run %s", sorted(step_ids), rid)
             run.redispatch = step_ids
@@ -245,8 +245,8 @@ class ExecutorProcessor(Processor[dict[str, Any]]):
     def _apply_retry_step(
         self, run_id: str, function_id: str, fields: dict[str, Any], ctx: Context, now_ms: int
     ) -> None:
-        run = self._load(run_id, ctx, now_ms)
-        if run is None or run.header["status"] != "RUNNING":
+        run = self._load_running(run_id, ctx, now_ms)
+        if run is None:
             return
         step_id, attempt = fields["step_id"], fields["attempt"]
         if step_id == "":  # the function body itself is retried
@@ -265,8 +265,8 @@ class ExecutorProcessor(Processor[dict[str, Any]]):
     def _apply_sleep_elapsed(
         self, run_id: str, function_id: str, fields: dict[str, Any], ctx: Context, now_ms: int
     ) -> None:
-        run = self._load(run_id, ctx, now_ms)
-        if run is None or run.header["status"] != "RUNNING":
+        run = self._load_running(run_id, ctx, now_ms)
+        if run is None:
             return
         rec = self._step(run, fields["step_id"])
         if rec is None or rec["status"] != "PENDING" or rec["kind"] != "SLEEP":
@@ -357,8 +357,8 @@ class ExecutorProcessor(Processor[dict[str, Any]]):
         running in this process, and recovery must not start it a second time.
         """
         step_id = fields["step_id"]
-        run = self._load(run_id, ctx, now_ms)
-        rec = None if run is None or run.header["status"] != "RUNNING" else self._step(run, step_id)
+        run = self._load_running(run_id, ctx, now_ms)
+        rec = None if run is None else self._step(run, step_id)
         if run is None or rec is None or rec["status"] != "PENDING":
             self._dispatcher.forget(run_id, step_id)
             return None
@@ -371,8 +371,8 @@ class ExecutorProcessor(Processor[dict[str, Any]]):
     def _apply_wait_resolved(
         self, run_id: str, function_id: str, fields: dict[str, Any], ctx: Context, now_ms: int
     ) -> None:
-        run = self._load(run_id, ctx, now_ms)
-        if run is None or run.header["status"] != "RUNNING":
+        run = self._load_running(run_id, ctx, now_ms)
+        if run is None:
             return
         rec = self._step(run, fields["step_id"])
         wait_id = fields["wait_id"]
@@ -662,6 +662,11 @@ class ExecutorProcessor(Processor[dict[str, Any]]):
             return None
         function = self._function(header["function_id"])
         return _Run(run_id, header, function, event_from_record(header["trigger"]), ctx, now_ms)
+
+    def _load_running(self, run_id: str, ctx: Context, now_ms: int) -> _Run | None:
+        """The run if it is still running; commands for ended or unknown runs are no-ops."""
+        run = self._load(run_id, ctx, now_ms)
+        return run if run is not None and run.header["status"] == "RUNNING" else None
 
     def _put_header(self, run: _Run) -> None:
         run.header["updated_ms"] = run.now_ms

@@ -132,9 +132,10 @@ class Workers:
 
     def kill(self, worker: Worker) -> None:
         if worker.alive():
-            worker.died = time.time()
             worker.process.send_signal(signal.SIGKILL)
             worker.process.wait(30)
+            # After it is gone: an execution that started while the signal was underway counts as killed.
+            worker.died = time.time()
             worker.ended_by = "sigkill"
 
     def stop(self, worker: Worker, timeout: float = 60.0) -> int:
@@ -671,10 +672,19 @@ def _kill_while_waits_pending(
         workers.kill(w1)
         resumed_before_kill = len(_executions_of(workers.effects, w1.pid, "after"))
         kills = 2
-        for _ in range(extra_kills):
-            if time.time() * 1000 > min(deadlines.values()) - 4000:
+        for i in range(extra_kills):
+            before_timeouts = min(deadlines.values()) / 1000 - time.time() - 4  # seconds
+            if before_timeouts < 0:
                 break
-            worker = workers.start(wipe=random.choice([None, None, "stores"]))
+            wipe = random.choice([None, None, "stores"])
+            if i % 2:  # it kills itself in the middle of a commit
+                worker = workers.start(wipe=wipe, crash_after=random.randint(3, 30))
+                if wait_until(lambda w=worker: not w.alive(), before_timeouts, "the crash hook"):
+                    worker.ended_by, worker.died = "hook", time.time()
+                    kills += 1
+                    continue
+            else:
+                worker = workers.start(wipe=wipe)
             wait_ready(worker)
             time.sleep(random.uniform(0.2, 1.5))
             workers.kill(worker)
@@ -755,4 +765,4 @@ def test_kill_9_while_waits_are_pending(streams_config: StreamsConfig, tmp_path:
 
 @pytest.mark.slow
 def test_kill_9_while_waits_are_pending_long(streams_config: StreamsConfig, tmp_path: Path) -> None:
-    _kill_while_waits_pending(streams_config, tmp_path, runs=300, timeout_s=20, extra_kills=3)
+    _kill_while_waits_pending(streams_config, tmp_path, runs=300, timeout_s=25, extra_kills=4)
