@@ -14,9 +14,9 @@ Modes (``--modes``, any of):
   In-flight limit: N (every flow is open at once; the driver does not wait between flows). Events
   are encoded before the clock starts; the producer lingers ``--linger-ms``. ``--repeat`` runs.
 - ``latency``: 20 flows/s for 30 s; each purchase 0.5 s after its trigger. Latency = the ``record``
-  step's start wall time − the wall time just before the purchase's ``produce()`` call.
+  step's start wall time - the wall time just before the purchase's ``produce()`` call.
 - ``timeout``: 500 flows with ``data.timeout = "5s"`` and no purchase, paced at 100/s. Lateness =
-  the ``record`` step's start − (the trigger's ``produce()`` time + 5 s). ``--pending-timers N``
+  the ``record`` step's start - (the trigger's ``produce()`` time + 5 s). ``--pending-timers N``
   first loads N far-future timers into the timers processor (1M: "with 1M timers pending");
   ``--background-rate R`` sends R unrelated events/s meanwhile (a live ``events`` topic, so the
   deadline gate never needs its wall-clock grace).
@@ -172,7 +172,9 @@ class Meter:
         # Everything else on the box (other sessions' tests, compilers): the measurement's noise.
         out["machine_busy_cpu_s"] = round(busy, 2)
         out["other_processes_cpu_s"] = round(max(0.0, busy - ours), 2)
-        out["other_processes_pct_of_one_core"] = round(100 * max(0.0, busy - ours) / wall, 1) if wall > 0 else None
+        out["other_processes_pct_of_one_core"] = (
+            round(100 * max(0.0, busy - ours) / wall, 1) if wall > 0 else None
+        )
         return out
 
 
@@ -231,6 +233,7 @@ class Worker:
         functions: str = "cart",
         extra_env: dict[str, str] | None = None,
         roles: tuple[str, ...] = ROLES,
+        extra_executors: int = 0,
     ) -> None:
         self.namespace = namespace
         self.mode = mode
@@ -244,11 +247,15 @@ class Worker:
             "BENCH_RECORD_FILE": str(self.record_file),
             "BENCH_FUNCTIONS": functions,
             "PYTHONPATH": str(ROOT),
-            **{f"STREAMS_PARTITIONS_{t.upper()}": str(partitions) for t in ("events", "runs", "waits", "timers")},
+            **{
+                f"STREAMS_PARTITIONS_{t.upper()}": str(partitions)
+                for t in ("events", "runs", "waits", "timers")
+            },
             "STREAMS_PARTITIONS_HISTORY": "1",
             **(extra_env or {}),
         }
         self.roles = roles
+        self.extra_executors = extra_executors
         self.procs: list[subprocess.Popen[bytes]] = []
         self._log = None
 
@@ -261,12 +268,26 @@ class Worker:
         base = [sys.executable, "-m", "streams", "worker", "bench.cart_app:app", "--log-level", "WARNING"]
         if self.mode == "split":
             commands = [
-                [*base, "--processors", role, "--state-dir", str(self.state_dir / role)] for role in self.roles
+                [*base, "--processors", role, "--state-dir", str(self.state_dir / role)]
+                for role in self.roles
             ]
         else:
             commands = [
-                [*base, "--processors", ",".join(self.roles), "--mode", self.mode, "--state-dir", str(self.state_dir)]
+                [
+                    *base,
+                    "--processors",
+                    ",".join(self.roles),
+                    "--mode",
+                    self.mode,
+                    "--state-dir",
+                    str(self.state_dir),
+                ]
             ]
+        # Further executor instances join the executor group and take some `runs` partitions.
+        commands += [
+            [*base, "--processors", "executor", "--state-dir", str(self.state_dir / f"extra-executor-{i}")]
+            for i in range(self.extra_executors)
+        ]
         for command in commands:
             self.procs.append(
                 subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
@@ -276,8 +297,9 @@ class Worker:
     def processes(self) -> dict[str, int]:
         """Name → pid of every worker process (the role children of ``--mode processes`` included)."""
         out: dict[str, int] = {}
-        for i, proc in enumerate(self.procs):
-            name = f"worker:{self.roles[i]}" if self.mode == "split" else "worker"
+        names = [f"worker:{role}" for role in self.roles] if self.mode == "split" else ["worker"]
+        names += [f"worker:extra-executor-{i}" for i in range(self.extra_executors)]
+        for name, proc in zip(names, self.procs, strict=False):
             out[name] = proc.pid
             for child in descendants(proc.pid):
                 words = cmdline(child).split()
@@ -354,7 +376,9 @@ class Completions:
                 "group.id": f"{config.namespace}.bench-history",
                 "isolation.level": "read_committed",
                 "enable.auto.commit": False,
-                "fetch.wait.max.ms": 5,
+                # Not lower: an idle read_committed consumer polling every 5 ms costs this broker
+                # about a quarter of a core (100 ms: 4 %), which would be charged to the engine.
+                "fetch.wait.max.ms": 100,
             }
         )
         partitions = self._consumer.list_topics(topic, timeout=30).topics[topic].partitions
@@ -427,6 +451,7 @@ class Session:
             work=work,
             mode=args.worker_mode,
             partitions=args.partitions,
+            extra_executors=getattr(args, "extra_executors", 0),
         )
         self.config = self.worker.config()
         create_topics(self.config)
@@ -455,7 +480,10 @@ class Session:
             produce(producer, self.events, purchase(cart), cart.encode())
         producer.flush(30)
         self.completions.wait(carts, 300, self.worker.alive)
-        print(f"  [{self.namespace}] worker ({self.worker.mode}) warm after {time.monotonic() - started:.1f} s", flush=True)
+        print(
+            f"  [{self.namespace}] worker ({self.worker.mode}) warm after {time.monotonic() - started:.1f} s",
+            flush=True,
+        )
         time.sleep(1)
 
     def start_profiling(self, directory: Path, tag: str) -> None:
@@ -468,8 +496,20 @@ class Session:
             out = directory / f"{tag}-{name.replace('/', '-').replace(':', '-')}.txt"
             self.profilers.append(
                 subprocess.Popen(
-                    [py_spy, "record", "--pid", str(pid), "--rate", "100", "--format", "raw", "--threads",
-                     "--nonblocking", "--output", str(out)],
+                    [
+                        py_spy,
+                        "record",
+                        "--pid",
+                        str(pid),
+                        "--rate",
+                        "100",
+                        "--format",
+                        "raw",
+                        "--threads",
+                        "--nonblocking",
+                        "--output",
+                        str(out),
+                    ],
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                 )
@@ -573,7 +613,9 @@ def run_throughput(session: Session, args: argparse.Namespace, run: int) -> dict
     }
 
 
-def paced(schedule: list[tuple[float, str, bytes, bytes]], producer: Producer, topic: str) -> dict[str, float]:
+def paced(
+    schedule: list[tuple[float, str, bytes, bytes]], producer: Producer, topic: str
+) -> dict[str, float]:
     """Produces ``(due offset s, label, value, key)`` in due order; returns label → produce() wall time."""
     sent: dict[str, float] = {}
     schedule = sorted(schedule, key=lambda item: item[0])
@@ -710,7 +752,9 @@ def load_pending_timers(session: Session, count: int) -> dict[str, Any]:
         run_id = f"pending-{i:07d}"
         key = f"pending-key-{i}".encode()
         payload = wait_expired(key, run_id, "wait", fire + i)
-        value = schedule_timer_command(f"{run_id}/wait/wait", fire + i, "waits", key, payload, after_events_routed=True)
+        value = schedule_timer_command(
+            f"{run_id}/wait/wait", fire + i, "waits", key, payload, after_events_routed=True
+        )
         produce(producer, topic, value, run_id.encode())
         if i % 10000 == 0:
             producer.poll(0)
@@ -728,7 +772,11 @@ def load_pending_timers(session: Session, count: int) -> dict[str, Any]:
             raise RuntimeError("the worker exited while loading timers")
         time.sleep(0.5)
     group.close()
-    return {"pending_timers": count, "produce_s": round(produced, 1), "consumed_s": round(time.monotonic() - started, 1)}
+    return {
+        "pending_timers": count,
+        "produce_s": round(produced, 1),
+        "consumed_s": round(time.monotonic() - started, 1),
+    }
 
 
 class Background:
@@ -765,7 +813,9 @@ class Background:
 
 
 def run_timeout(session: Session, args: argparse.Namespace) -> dict[str, Any]:
-    loaded = load_pending_timers(session, args.pending_timers) if args.pending_timers else {"pending_timers": 0}
+    loaded = (
+        load_pending_timers(session, args.pending_timers) if args.pending_timers else {"pending_timers": 0}
+    )
     if args.pending_timers:
         time.sleep(2)
     n, rate, timeout = args.timeout_flows, args.timeout_rate, 5.0
@@ -798,12 +848,50 @@ def run_timeout(session: Session, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def warm_broker(broker: Broker, work: Path, seconds: float, worker_mode: str, partitions: int) -> None:
+    """Runs cart flows in a throw-away namespace so the broker's JIT is warm before measuring.
+
+    A freshly started JVM broker spends several times more CPU per request for its first minute
+    (on this machine 50 transactions/s cost 41 % of a core in the first 15 s, 14 % after a minute):
+    without this, whichever mode runs first pays for the compiler.
+    """
+    if seconds <= 0:
+        return
+    started = time.monotonic()
+    options = argparse.Namespace(worker_mode=worker_mode, partitions=partitions)
+    session = Session(options, broker, work, "warm")
+    try:
+        producer = make_producer(session.config, 5)
+        burst = [f"burst-{i}" for i in range(3000)]
+        for cart in burst:
+            produce(producer, session.events, trigger(cart), cart.encode())
+        for cart in burst:
+            produce(producer, session.events, purchase(cart), cart.encode())
+        producer.flush(60)
+        session.completions.wait(burst, 300, session.worker.alive)
+        remaining = seconds - (time.monotonic() - started)
+        rate = 50.0
+        paced_carts = [f"paced-{i}" for i in range(max(0, int(remaining * rate)))]
+        schedule = [(i / rate, f"t:{c}", trigger(c), c.encode()) for i, c in enumerate(paced_carts)]
+        schedule += [(i / rate + 0.2, f"p:{c}", purchase(c), c.encode()) for i, c in enumerate(paced_carts)]
+        paced(schedule, make_producer(session.config, 0), session.events)
+        session.completions.wait(paced_carts, 300, session.worker.alive)
+    finally:
+        session.close()
+    print(f"  broker warmed for {time.monotonic() - started:.0f} s", flush=True)
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--bootstrap")
     parser.add_argument("--modes", default="throughput,latency,timeout")
     parser.add_argument("--worker-mode", choices=["threads", "processes", "split"], default="threads")
     parser.add_argument("--partitions", type=int, default=2, help="partitions of events/runs/waits/timers")
+    parser.add_argument(
+        "--extra-executors", type=int, default=0, help="further `--processors executor` worker processes"
+    )
     parser.add_argument("--flows", type=int, default=3000)
     parser.add_argument("--repeat", type=int, default=2, help="throughput runs (same worker)")
     parser.add_argument("--linger-ms", type=float, default=5.0)
@@ -817,6 +905,9 @@ def main() -> int:
     )
     parser.add_argument("--timeout-s", type=float, default=600.0, help="give up waiting for completions")
     parser.add_argument("--profile", type=Path, help="py-spy the worker during throughput runs")
+    parser.add_argument(
+        "--broker-warmup-s", type=float, default=60.0, help="cart flows before measuring (JIT); 0: none"
+    )
     parser.add_argument("--work-dir", type=Path, help="keep data here (default: a temporary directory)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -826,11 +917,14 @@ def main() -> int:
     broker = Broker(args.bootstrap, work)
     results: dict[str, Any] = {
         "worker_mode": args.worker_mode,
+        "extra_executors": args.extra_executors,
         "partitions": args.partitions,
         "cpus": os.cpu_count(),
         "load_at_start": loadavg(),
     }
     try:
+        warm_broker(broker, work, args.broker_warmup_s, args.worker_mode, args.partitions)
+        results["broker_warmup_s"] = args.broker_warmup_s
         for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
             session = Session(args, broker, work, mode[0])
             try:
@@ -838,7 +932,11 @@ def main() -> int:
                     runs = []
                     for run in range(1, args.repeat + 1):
                         result = run_throughput(session, args, run)
-                        print(f"  throughput run {run}: {result['flows_per_s']} flows/s ({result['seconds']} s)", flush=True)
+                        print(
+                            f"  throughput run {run}: {result['flows_per_s']} flows/s "
+                            f"({result['seconds']} s)",
+                            flush=True,
+                        )
                         runs.append(result)
                         time.sleep(2)
                     results["throughput"] = runs

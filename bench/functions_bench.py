@@ -36,7 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cart_flow import (  # noqa: E402
+from cart_flow import (
     CODEC_JSON,
     Broker,
     Completions,
@@ -47,10 +47,11 @@ from cart_flow import (  # noqa: E402
     paced,
     produce,
     summary_ms,
+    warm_broker,
 )
 
-from streams import Event  # noqa: E402
-from streams._topics import create_topics  # noqa: E402
+from streams import Event
+from streams._topics import create_topics
 
 
 def steps_event(key: str) -> bytes:
@@ -167,7 +168,9 @@ def run_latency(session: StepsSession, args: argparse.Namespace) -> dict[str, An
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--bootstrap")
     parser.add_argument("--modes", default="throughput,latency")
     parser.add_argument("--worker-mode", choices=["threads", "processes", "split"], default="threads")
@@ -178,6 +181,9 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=10.0)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--timeout-s", type=float, default=600.0)
+    parser.add_argument(
+        "--broker-warmup-s", type=float, default=60.0, help="cart flows before measuring (JIT)"
+    )
     parser.add_argument("--work-dir", type=Path)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -185,8 +191,14 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     print(f"load average at start: {loadavg()}; work dir {work}", flush=True)
     broker = Broker(args.bootstrap, work)
-    results: dict[str, Any] = {"worker_mode": args.worker_mode, "partitions": args.partitions, "load_at_start": loadavg()}
+    results: dict[str, Any] = {
+        "worker_mode": args.worker_mode,
+        "partitions": args.partitions,
+        "load_at_start": loadavg(),
+    }
     try:
+        warm_broker(broker, work, args.broker_warmup_s, args.worker_mode, args.partitions)
+        results["broker_warmup_s"] = args.broker_warmup_s
         for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
             session = StepsSession(args, broker, work)
             try:

@@ -35,12 +35,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cart_flow import Broker, Worker, loadavg, make_producer, proc_sample, produce  # noqa: E402
-from confluent_kafka import Consumer, TopicPartition  # noqa: E402
+import contextlib
 
-from processors.records import register_wait  # noqa: E402
-from streams._matchkey import match_key  # noqa: E402
-from streams._topics import create_topics  # noqa: E402
+from cart_flow import Broker, Worker, loadavg, make_producer, proc_sample, produce
+from confluent_kafka import Consumer, TopicPartition
+
+from processors.records import register_wait
+from streams._matchkey import match_key
+from streams._topics import create_topics
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
@@ -52,10 +54,8 @@ def dir_bytes(path: Path, suffix: str = "") -> int:
         for name in files:
             if not name.endswith(suffix):
                 continue
-            try:
+            with contextlib.suppress(OSError):
                 total += (Path(root) / name).stat().st_size
-            except OSError:
-                pass
     return total
 
 
@@ -106,7 +106,9 @@ class Committed:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--bootstrap")
     parser.add_argument("--counts", default="100000,300000,1000000")
     parser.add_argument("--partitions", type=int, default=2)
@@ -170,9 +172,11 @@ def main() -> int:
             sample = proc_sample(pid)
             assert sample is not None and cpu_before is not None and cpu_after is not None
             kafka_logs = work / "kafka" / "kraft-logs"
-            changelog = sum(
-                dir_bytes(d, ".log") for d in kafka_logs.glob(f"{namespace}.matcher-*changelog*")
-            ) if kafka_logs.exists() else None
+            changelog = (
+                sum(dir_bytes(d, ".log") for d in kafka_logs.glob(f"{namespace}.matcher-*changelog*"))
+                if kafka_logs.exists()
+                else None
+            )
             sst = sum(1 for _ in worker.state_dir.rglob("*.sst"))
             rss = sample["rss_mib"] * MIB
             point = {
