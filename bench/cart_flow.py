@@ -460,6 +460,7 @@ class Session:
         self.completions = Completions(self.config, "cart_id")
         self.meter = Meter(self.processes)
         self.profilers: list[subprocess.Popen[bytes]] = []
+        self.profile_files: list[Path] = []
         self._warm_up()
 
     def processes(self) -> dict[str, int]:
@@ -494,6 +495,7 @@ class Session:
         directory.mkdir(parents=True, exist_ok=True)
         for name, pid in self.worker.processes().items():
             out = directory / f"{tag}-{name.replace('/', '-').replace(':', '-')}.txt"
+            self.profile_files.append(out)
             self.profilers.append(
                 subprocess.Popen(
                     [
@@ -524,11 +526,33 @@ class Session:
             except subprocess.TimeoutExpired:
                 proc.kill()
         self.profilers = []
+        for path in self.profile_files:
+            if path.exists():
+                print(summarize_profile(path), flush=True)
+        self.profile_files = []
 
     def close(self) -> dict[str, Any]:
         self.completions.close()
         codes = self.worker.stop()
         return {"worker_exit_codes": codes}
+
+
+def summarize_profile(path: Path, top: int = 15) -> str:
+    """Top functions by own samples (line numbers dropped) of a py-spy ``raw`` profile."""
+    own: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = stack.split(";")
+        total += int(count)
+        leaf = frames[-1].rsplit(":", 1)[0] + ")" if ":" in frames[-1] else frames[-1]
+        own[leaf] = own.get(leaf, 0) + int(count)
+    lines = [f"  profile {path.name}: {total} samples; own time:"]
+    for function, count in sorted(own.items(), key=lambda item: -item[1])[:top]:
+        lines.append(f"    {100 * count / max(total, 1):5.1f} %  {function}")
+    return "\n".join(lines)
 
 
 # -- modes ----------------------------------------------------------------------------------------------
