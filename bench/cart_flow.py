@@ -185,6 +185,15 @@ def machine_busy_s() -> float:
     return (sum(fields[:8]) - idle) / CLK_TCK
 
 
+def write_results(results: dict[str, Any], path: Path | None) -> None:
+    """Prints the results as JSON and, with ``--json PATH``, writes them there too."""
+    text = json.dumps(results, indent=2)
+    print(text)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n")
+
+
 def loadavg() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
@@ -977,11 +986,7 @@ def main() -> int:
     finally:
         broker.stop()
         results["load_at_end"] = loadavg()
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
+    write_results(results, args.json)
     return 0
 
 

@@ -25,7 +25,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -48,6 +47,7 @@ from cart_flow import (
     produce,
     summary_ms,
     warm_broker,
+    write_results,
 )
 
 from streams import Event
@@ -219,11 +219,7 @@ def main() -> int:
     finally:
         broker.stop()
         results["load_at_end"] = loadavg()
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
+    write_results(results, args.json)
     return 0
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import sys
 import tempfile
@@ -37,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import contextlib
 
-from cart_flow import Broker, Worker, loadavg, make_producer, proc_sample, produce
+from cart_flow import Broker, Worker, loadavg, make_producer, proc_sample, produce, write_results
 from confluent_kafka import Consumer, TopicPartition
 
 from processors.records import register_wait
@@ -201,11 +200,7 @@ def main() -> int:
         results["worker_exit_codes"] = codes
         broker.stop()
         results["load_at_end"] = loadavg()
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
+    write_results(results, args.json)
     return 0
 
 

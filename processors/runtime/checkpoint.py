@@ -22,6 +22,9 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
+import random
+import signal
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -39,6 +42,28 @@ logger = logging.getLogger(__name__)
 CRASH_POINTS = ("after_produce", "after_flush", "after_send_offsets", "after_commit", "after_apply")
 
 CrashHook = Callable[[str], None]
+
+
+def sigkill_at(point: str, after: int) -> CrashHook:
+    """A crash hook for tests: SIGKILLs this process the ``after``-th time it passes ``point``.
+
+    Args:
+        point: One of :data:`CRASH_POINTS`, or ``"random"`` to pick one now.
+        after: How many passes of that point to survive, minus one (``1``: the first pass).
+    """
+    chosen = random.choice(CRASH_POINTS) if point == "random" else point
+    remaining = after
+
+    def hook(at: str) -> None:
+        nonlocal remaining
+        if at != chosen:
+            return
+        remaining -= 1
+        if remaining <= 0:
+            logger.warning("crash hook: SIGKILL at %s", at)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return hook
 
 
 @dataclass(frozen=True, kw_only=True)

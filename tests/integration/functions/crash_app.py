@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import random
-import signal
 import sys
 import time
 import uuid
@@ -42,7 +41,7 @@ if str(ROOT) not in sys.path:
 
 from processors.engine import Engine, EngineSettings  # noqa: E402
 from processors.executor import ExecutorSettings  # noqa: E402
-from processors.runtime.checkpoint import CRASH_POINTS  # noqa: E402
+from processors.runtime.checkpoint import sigkill_at  # noqa: E402
 from processors.runtime.worker import run_worker  # noqa: E402
 from streams import App, Event, Step, StreamsConfig  # noqa: E402
 
@@ -127,20 +126,7 @@ def _crash_hook_from_env() -> Any:
     after = os.environ.get("CRASH_APP_CRASH_AFTER")
     if not after:
         return None
-    remaining = int(after)
-    point = os.environ.get("CRASH_APP_CRASH_POINT", "random")
-    chosen = random.choice(CRASH_POINTS) if point == "random" else point
-
-    def hook(at: str) -> None:
-        nonlocal remaining
-        if at != chosen:
-            return
-        remaining -= 1
-        if remaining <= 0:
-            logging.getLogger("crash_app").warning("crash hook: SIGKILL at %s", at)
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    return hook
+    return sigkill_at(os.environ.get("CRASH_APP_CRASH_POINT", "random"), int(after))
 
 
 def main() -> int:

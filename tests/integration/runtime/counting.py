@@ -17,8 +17,6 @@ import argparse
 import json
 import logging
 import os
-import random
-import signal
 import sys
 import time
 from collections import Counter, defaultdict
@@ -33,7 +31,7 @@ if str(ROOT) not in sys.path:
 from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
 
 from processors.runtime import Context, EventDecoder, Processor, Record, RuntimeConfig, run_worker  # noqa: E402
-from processors.runtime.checkpoint import CRASH_POINTS, BatchPolicy  # noqa: E402
+from processors.runtime.checkpoint import BatchPolicy, sigkill_at  # noqa: E402
 from streams._config import StreamsConfig  # noqa: E402
 from streams._event import Event  # noqa: E402
 from streams._topics import TopicSpec, create_topics  # noqa: E402
@@ -223,20 +221,7 @@ def _crash_hook_from_env() -> object | None:
     after = os.environ.get("COUNTING_CRASH_AFTER")
     if not after:
         return None
-    remaining = int(after)
-    point = os.environ.get("COUNTING_CRASH_POINT", "random")
-    chosen = random.choice(CRASH_POINTS) if point == "random" else point
-
-    def hook(at: str) -> None:
-        nonlocal remaining
-        if at != chosen:
-            return
-        remaining -= 1
-        if remaining <= 0:
-            logging.getLogger("counting").warning("crash hook: SIGKILL at %s", at)
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    return hook
+    return sigkill_at(os.environ.get("COUNTING_CRASH_POINT", "random"), int(after))
 
 
 def main() -> int:
